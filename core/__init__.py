@@ -1,0 +1,1 @@
+"""Leaf package: typed settings and small shared types. Imports nothing of ours."""

@@ -1,0 +1,139 @@
+"""The `kdaudit.report/v1` schema and the verdict rule.
+
+Accuracies are percentages on the *test* split; the test split is never used to choose a
+checkpoint (that is what the validation split is for), so the numbers here are honest
+held-out estimates. The verdict rule is written into every report so a reader never has
+to guess how "leaks" was decided.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA = "kdaudit.report/v1"
+Verdict = Literal["leaks", "resists", "inconclusive"]
+MIN_EFFECT_PTS = 0.5
+VERDICT_RULE = (
+    "noise = 2 x max(std of the attack, std of scratch) over seeds; "
+    f"the teacher LEAKS if the best attack's student beats the scratch student by more than max(noise, {MIN_EFFECT_PTS}) pts; "
+    f"it RESISTS if every attack's student stays below scratch by more than max(noise, {MIN_EFFECT_PTS}) pts; "
+    "otherwise INCONCLUSIVE. Delta_acc = max(skeptical, skeptical_e) - normal_kd for the same student."
+)
+
+
+class AccuracyStats(BaseModel):
+    mean: float
+    std: float
+    runs: list[float]
+
+    @classmethod
+    def of(cls, values: list[float]) -> AccuracyStats:
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(mean=round(statistics.fmean(values), 3), std=round(std, 3), runs=[round(v, 3) for v in values])
+
+
+class TeacherInfo(BaseModel):
+    architecture: str
+    sha256: str
+    accuracy: float = Field(description="Teacher test accuracy, percent.")
+    num_classes: int
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    train_size: int = Field(description="Training images the thief used (after --fraction).")
+    val_size: int
+    test_size: int
+    fraction: float
+
+
+class ScratchResult(BaseModel):
+    student: str
+    accuracy: AccuracyStats
+
+
+class AttackResult(BaseModel):
+    attack: str
+    student: str
+    accuracy: AccuracyStats
+    delta_base: float = Field(description="Student mean minus scratch mean, percentage points.")
+    teacher_queries: int = Field(description="Images sent to the teacher, summed over seeds.")
+    seconds: float
+
+
+class RunRecord(BaseModel):
+    """One trained network (one attack x student x seed), with its learning curve."""
+
+    kind: str
+    student: str
+    seed: int
+    test_accuracy: float
+    exit_accuracies: dict[str, float] = Field(default_factory=dict)
+    best_epoch: int
+    val_curve: list[float]
+    teacher_queries: int
+    seconds: float
+
+
+class StudentSummary(BaseModel):
+    student: str
+    delta_acc: float | None = None
+
+
+class Summary(BaseModel):
+    delta_acc: float | None = Field(description="Delta_acc for the best attack's student (None without both attacks).")
+    best_attack: str
+    best_student: str
+    verdict: Verdict
+    rule: str = VERDICT_RULE
+    students: list[StudentSummary] = Field(default_factory=list)
+
+
+class Environment(BaseModel):
+    kdaudit: str
+    torch: str
+    device: str
+
+
+class Report(BaseModel):
+    schema_: str = Field(default=SCHEMA, alias="schema")
+    teacher: TeacherInfo
+    dataset: DatasetInfo
+    scratch: list[ScratchResult]
+    attacks: list[AttackResult]
+    summary: Summary
+    runs: list[RunRecord] = Field(default_factory=list)
+    config: dict[str, Any]
+    environment: Environment
+
+    model_config = {"populate_by_name": True}
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2)
+
+
+def decide_verdict(scratch: dict[str, AccuracyStats], attacks: list[AttackResult]) -> tuple[AttackResult, Verdict]:
+    """Apply VERDICT_RULE. `scratch` maps student name -> its from-scratch accuracy."""
+    if not attacks:
+        raise ValueError("a report needs at least one attack")
+
+    def margin(a: AttackResult) -> float:
+        return max(2 * max(a.accuracy.std, scratch[a.student].std), MIN_EFFECT_PTS)
+
+    best = max(attacks, key=lambda a: (a.delta_base, a.accuracy.mean))
+    if best.delta_base > margin(best):
+        return best, "leaks"
+    if all(a.delta_base < -margin(a) for a in attacks):
+        return best, "resists"
+    return best, "inconclusive"
+
+
+def delta_acc(attacks: list[AttackResult], student: str) -> float | None:
+    by = {a.attack: a.accuracy.mean for a in attacks if a.student == student}
+    skept = [by[k] for k in ("skeptical", "skeptical_e") if k in by]
+    if "normal_kd" not in by or not skept:
+        return None
+    return round(max(skept) - by["normal_kd"], 3)

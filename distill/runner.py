@@ -1,0 +1,223 @@
+"""Run an audit: expand the config into runs, train them seed by seed, assemble the report.
+
+This is the engine's one entry point for the CLI and the workers. Progress goes out
+through a callback (the CLI draws a progress bar, a worker writes the database), the
+caller can cancel between epochs, and runs already finished (`done_runs`, e.g. from the
+database after a worker crash) are not trained again.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+import kdaudit
+from kdaudit.core.errors import CancelledError, InputError
+from kdaudit.distill.config import AuditConfig
+from kdaudit.distill.data import Splits, load_splits
+from kdaudit.distill.report import (
+    AccuracyStats,
+    AttackResult,
+    DatasetInfo,
+    Environment,
+    Report,
+    RunRecord,
+    ScratchResult,
+    StudentSummary,
+    Summary,
+    TeacherInfo,
+    decide_verdict,
+    delta_acc,
+)
+from kdaudit.distill.train import Cohort, EpochReport, Member, MemberResult, accuracy, predict, resolve_device
+from kdaudit.models.multi_exit import MultiExitNet
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    kind: str  # scratch | normal_kd | skeptical
+    student: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.student}/seed{self.seed}"
+
+
+@dataclass
+class ProgressEvent:
+    kind: Literal["run_started", "epoch_end", "run_finished"]
+    run_key: str
+    run_index: int
+    total_runs: int
+    epoch: int
+    epochs: int
+    val_accuracy: float | None
+    record: RunRecord | None = None
+
+
+def plan_runs(config: AuditConfig) -> list[RunSpec]:
+    """All runs of an audit: for each seed and student, a scratch baseline and every attack."""
+    runs = []
+    for seed in range(config.base_seed, config.base_seed + config.seeds):
+        for student in config.students:
+            runs.append(RunSpec("scratch", student, seed))
+            runs.extend(RunSpec(a, student, seed) for a in config.attacks)
+    return runs
+
+
+def teacher_accuracy(teacher: nn.Module, splits: Splits) -> float:
+    logits = predict(teacher, splits.x_test)
+    if logits.ndim != 2 or logits.shape[1] != splits.spec.num_classes:
+        raise InputError(
+            f"the teacher outputs {tuple(logits.shape[1:])} scores per image but dataset "
+            f"{splits.spec.name} has {splits.spec.num_classes} classes"
+        )
+    return accuracy(logits, splits.y_test)
+
+
+def _record(result: MemberResult, splits: Splits) -> RunRecord:
+    m, model = result.member, result.model
+    exits: dict[str, float] = {}
+    if isinstance(model, MultiExitNet):
+        for stage in (1, 2, 3):
+            exits[f"exit{stage}"] = round(accuracy(predict(model, splits.x_test, exit_index=MultiExitNet.exit_index(stage)), splits.y_test), 3)
+        exits["final"] = round(accuracy(predict(model, splits.x_test), splits.y_test), 3)
+        exits["ensemble"] = round(accuracy(predict(model, splits.x_test, ensemble=True), splits.y_test), 3)
+    return RunRecord(
+        kind=m.kind,
+        student=m.arch,
+        seed=m.seed,
+        test_accuracy=round(accuracy(predict(model, splits.x_test), splits.y_test), 3),
+        exit_accuracies=exits,
+        best_epoch=result.best_epoch,
+        val_curve=result.val_curve,
+        teacher_queries=result.teacher_queries,
+        seconds=result.seconds,
+    )
+
+
+def run_audit(
+    config: AuditConfig,
+    teacher: nn.Module,
+    teacher_sha256: str,
+    *,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    done_runs: dict[str, RunRecord] | None = None,
+    data_root: Path | None = None,
+) -> Report:
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    splits = load_splits(
+        config.dataset,
+        data_root=data_root,
+        dataset_path=config.dataset_path,
+        val_fraction=config.val_fraction,
+        fraction=config.fraction,
+        split_seed=config.base_seed,
+    ).to(device)
+    teacher = teacher.to(device) if not getattr(teacher, "is_remote", False) else teacher
+    teacher.eval()
+    teacher_acc = teacher_accuracy(teacher, splits)
+
+    runs = plan_runs(config)
+    index = {r.key: i for i, r in enumerate(runs)}
+    records: dict[str, RunRecord] = dict(done_runs or {})
+    emit = progress or (lambda _e: None)
+
+    for seed in range(config.base_seed, config.base_seed + config.seeds):
+        todo = [r for r in runs if r.seed == seed and r.key not in records]
+        if not todo:
+            continue
+        members = [Member(r.key, r.kind, r.student, seed) for r in todo]  # type: ignore[arg-type]
+        for m in members:
+            emit(ProgressEvent("run_started", m.key, index[m.key], len(runs), 0, config.schedule.epochs, None))
+
+        def on_epoch(ep: EpochReport) -> None:
+            emit(ProgressEvent("epoch_end", ep.member.key, index[ep.member.key], len(runs), ep.epoch, ep.epochs, ep.val_accuracy))
+            if should_cancel is not None and should_cancel():
+                raise CancelledError("the audit was cancelled")
+
+        cohort = Cohort(
+            members, splits, config.schedule,
+            reference=teacher, kd=config.kd, skeptical=config.skeptical, device=device, stream_seed=seed,
+        )
+        for result in cohort.train(on_epoch):
+            rec = _record(result, splits)
+            records[result.member.key] = rec
+            emit(ProgressEvent("run_finished", rec_key(rec), index[rec_key(rec)], len(runs),
+                               config.schedule.epochs, config.schedule.epochs, rec.val_curve[rec.best_epoch - 1], rec))
+
+    return assemble_report(config, runs, records, splits, teacher_acc, teacher_sha256, device, time.perf_counter() - started)
+
+
+def rec_key(rec: RunRecord) -> str:
+    return RunSpec(rec.kind, rec.student, rec.seed).key
+
+
+def assemble_report(
+    config: AuditConfig,
+    runs: list[RunSpec],
+    records: dict[str, RunRecord],
+    splits: Splits,
+    teacher_acc: float,
+    teacher_sha256: str,
+    device: torch.device,
+    wall_seconds: float,
+) -> Report:
+    missing = [r.key for r in runs if r.key not in records]
+    if missing:
+        raise ValueError(f"cannot assemble a report: runs not finished: {', '.join(missing[:5])}")
+    scratch: dict[str, AccuracyStats] = {}
+    for student in config.students:
+        scratch[student] = AccuracyStats.of([records[r.key].test_accuracy for r in runs if r.kind == "scratch" and r.student == student])
+
+    attacks: list[AttackResult] = []
+    for student in config.students:
+        for attack in config.attacks:
+            recs = [records[r.key] for r in runs if r.kind == attack and r.student == student]
+            variants = [(attack, [x.test_accuracy for x in recs])]
+            if attack == "skeptical":
+                variants.append(("skeptical_e", [x.exit_accuracies["ensemble"] for x in recs]))
+            for name, values in variants:
+                stats = AccuracyStats.of(values)
+                attacks.append(AttackResult(
+                    attack=name,
+                    student=student,
+                    accuracy=stats,
+                    delta_base=round(stats.mean - scratch[student].mean, 3),
+                    teacher_queries=sum(x.teacher_queries for x in recs),
+                    seconds=round(sum(x.seconds for x in recs), 3),
+                ))
+
+    best, verdict = decide_verdict(scratch, attacks)
+    return Report(
+        teacher=TeacherInfo(architecture=config.teacher_arch, sha256=teacher_sha256, accuracy=round(teacher_acc, 3),
+                            num_classes=splits.spec.num_classes),
+        dataset=DatasetInfo(name=config.dataset, train_size=len(splits.x_train), val_size=len(splits.x_val),
+                            test_size=len(splits.x_test), fraction=config.fraction),
+        scratch=[ScratchResult(student=s, accuracy=a) for s, a in scratch.items()],
+        attacks=attacks,
+        summary=Summary(
+            delta_acc=delta_acc(attacks, best.student),
+            best_attack=best.attack,
+            best_student=best.student,
+            verdict=verdict,
+            students=[StudentSummary(student=s, delta_acc=delta_acc(attacks, s)) for s in config.students],
+        ),
+        runs=[records[r.key] for r in runs],
+        config={**config.model_dump(mode="json"), "split_sha256": splits.split_sha256, "wall_seconds": round(wall_seconds, 1)},
+        environment=Environment(
+            kdaudit=kdaudit.__version__,
+            torch=torch.__version__,
+            device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        ),
+    )

@@ -1,0 +1,251 @@
+"""Cohort trainer: every network that shares a data stream trains in lockstep.
+
+An audit trains many students against one fixed teacher. Students of the same seed see
+the same batches in the same order with the same augmentation, so the teacher (or, for
+the nasty loss, the adversary) runs *once per batch for the whole cohort* and its logits
+are shared. A cohort of one is the plain per-student loop; because each member's weights
+are initialised from its own seed and the data stream from the cohort's seed, a member
+gets the same numbers whether it trains alone or with others (tested).
+
+Checkpoint selection uses the validation split only: `best_val` keeps the epoch with the
+best validation accuracy; `late_window` keeps the best epoch within the last part of
+training (for nasty teachers, whose early epochs are not yet nasty: DESIGN.md trap 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import zlib
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdaudit.distill.augment import random_crop_flip
+from kdaudit.distill.config import KDSettings, SkepticalSettings, TrainSchedule
+from kdaudit.distill.data import Splits
+from kdaudit.distill.losses import hinton_kd_loss, nasty_teacher_loss, skeptical_loss
+from kdaudit.models import build_model
+from kdaudit.models.multi_exit import MultiExitNet
+
+Kind = Literal["scratch", "normal_kd", "skeptical", "nasty"]
+#: kinds whose loss needs the shared reference network's logits (teacher or adversary)
+NEEDS_REFERENCE = {"normal_kd", "skeptical", "nasty"}
+EVAL_BATCH = 1024
+
+
+@dataclass
+class Member:
+    """One network of a cohort: what to train and how to pick its checkpoint."""
+
+    key: str
+    kind: Kind
+    arch: str
+    seed: int
+    selection: Literal["best_val", "late_window"] = "best_val"
+    #: for late_window: the share of epochs at the end that may be selected
+    window: float = 0.25
+    nasty_omega: float = 0.04
+    nasty_tau: float = 4.0
+
+
+@dataclass
+class MemberResult:
+    member: Member
+    model: nn.Module
+    best_epoch: int
+    val_curve: list[float]
+    teacher_queries: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class EpochReport:
+    member: Member
+    epoch: int
+    epochs: int
+    val_accuracy: float
+
+
+def member_seed(seed: int, kind: str, arch: str) -> int:
+    """A stable per-member seed, so a member's init does not depend on its cohort mates."""
+    return (seed * 1_000_003 + zlib.crc32(f"{kind}/{arch}".encode())) % (2**31 - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            from kdaudit.core.errors import InputError
+
+            raise InputError("device 'cuda' requested but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def build_member_model(m: Member, splits: Splits) -> nn.Module:
+    torch.manual_seed(member_seed(m.seed, m.kind, m.arch))
+    net = build_model(m.arch, splits.spec.num_classes, splits.spec.in_channels)
+    return MultiExitNet(net) if m.kind == "skeptical" else net
+
+
+def lr_at(step: int, total: int, peak: float, warmup: float = 0.15) -> float:
+    """One-cycle: linear warm-up to `peak` over the first 15% of steps, cosine to zero after."""
+    w = max(1, int(total * warmup))
+    if step < w:
+        return peak * (step + 1) / w
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
+def final_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out[0] if isinstance(out, list) else out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, *, ensemble: bool = False, exit_index: int | None = None) -> torch.Tensor:
+    """Logits for a whole split in eval mode, in chunks (final exit unless told otherwise)."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for i in range(0, len(x), EVAL_BATCH):
+        xb = x[i : i + EVAL_BATCH]
+        if ensemble:
+            outs.append(model.ensemble(xb))
+        elif exit_index is not None:
+            outs.append(model(xb)[exit_index])
+        else:
+            outs.append(final_logits(model, xb))
+    model.train(was_training)
+    return torch.cat(outs).float()
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == y).float().mean().item()
+
+
+class Cohort:
+    """Trains `members` together on `splits` with one reference forward per batch."""
+
+    def __init__(
+        self,
+        members: list[Member],
+        splits: Splits,
+        schedule: TrainSchedule,
+        *,
+        reference: nn.Module | None = None,
+        kd: KDSettings | None = None,
+        skeptical: SkepticalSettings | None = None,
+        device: torch.device | None = None,
+        stream_seed: int = 0,
+    ):
+        if not members:
+            raise ValueError("a cohort needs at least one member")
+        if reference is None and any(m.kind in NEEDS_REFERENCE for m in members):
+            raise ValueError("KD, skeptical and nasty members need a reference network")
+        self.members = members
+        self.device = device or torch.device("cpu")
+        self.splits = splits.to(self.device)
+        self.schedule = schedule
+        self.kd = kd or KDSettings()
+        self.skeptical = skeptical or SkepticalSettings()
+        self.reference = reference
+        self.stream_seed = stream_seed
+        self.cuda = self.device.type == "cuda"
+
+    def _loss(self, m: Member, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        if m.kind == "scratch":
+            return F.cross_entropy(model(x), y)
+        if m.kind == "normal_kd":
+            return hinton_kd_loss(model(x), ref, y, self.kd.alpha, self.kd.temperature)
+        if m.kind == "skeptical":
+            s = self.skeptical
+            ac_stage = s.ac_stage or model.default_ac_stage
+            return skeptical_loss(
+                model(x), ref, y,
+                ac_index=MultiExitNet.exit_index(ac_stage), sd_index=MultiExitNet.exit_index(3),
+                alpha=self.kd.alpha, tau=self.kd.temperature, beta=s.sd_beta,
+                gammas=(s.gamma_teacher, s.gamma_sd, s.gamma_ce),
+            )
+        if m.kind == "nasty":
+            return nasty_teacher_loss(model(x), ref, y, m.nasty_omega, m.nasty_tau)
+        raise ValueError(f"unknown member kind {m.kind}")
+
+    def train(
+        self,
+        on_epoch: Callable[[EpochReport], None] | None = None,
+    ) -> list[MemberResult]:
+        sch, dev, spec = self.schedule, self.device, self.splits.spec
+        models = [build_member_model(m, self.splits).to(dev) for m in self.members]
+        if self.cuda:
+            models = [mdl.to(memory_format=torch.channels_last) for mdl in models]
+        opts = [
+            torch.optim.SGD(mdl.parameters(), lr=sch.lr, momentum=sch.momentum, weight_decay=sch.weight_decay,
+                            nesterov=sch.momentum > 0, **({"fused": True} if self.cuda else {}))
+            for mdl in models
+        ]
+        if self.reference is not None:
+            self.reference.eval()
+        n = len(self.splits.x_train)
+        bs = min(sch.batch_size, n)
+        steps_per_epoch = max(1, n // bs)  # drop the ragged last batch: BN on tiny batches is noise
+        total = steps_per_epoch * sch.epochs
+        gen = torch.Generator(device="cpu").manual_seed(self.stream_seed)
+        best = [(-1.0, -1, None)] * len(models)  # (val acc, epoch, state)
+        curves: list[list[float]] = [[] for _ in models]
+        queries = [0] * len(models)
+        clock = [0.0] * len(models)
+        uses_ref = [m.kind in NEEDS_REFERENCE for m in self.members]
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+        step = 0
+        for epoch in range(1, sch.epochs + 1):
+            for mdl in models:
+                mdl.train()
+            perm = torch.randperm(n, generator=gen).to(dev)
+            for b in range(steps_per_epoch):
+                idx = perm[b * bs : (b + 1) * bs]
+                x, y = self.splits.x_train[idx], self.splits.y_train[idx]
+                if sch.augment:
+                    x = random_crop_flip(x, spec.crop_pad, spec.hflip, gen)
+                if self.cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                ref = None
+                if self.reference is not None and any(uses_ref):
+                    with torch.no_grad(), autocast:
+                        ref = final_logits(self.reference, x).float()
+                lr = lr_at(step, total, sch.lr)
+                for i, (m, mdl, opt) in enumerate(zip(self.members, models, opts, strict=True)):
+                    t0 = time.perf_counter()
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    with autocast:
+                        loss = self._loss(m, mdl, x, y, ref if uses_ref[i] else None)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    clock[i] += time.perf_counter() - t0
+                    if uses_ref[i]:
+                        queries[i] += len(idx)
+                step += 1
+            for i, (m, mdl) in enumerate(zip(self.members, models, strict=True)):
+                acc = accuracy(predict(mdl, self.splits.x_val), self.splits.y_val)
+                if not math.isfinite(acc):
+                    acc = 0.0
+                curves[i].append(round(acc, 3))
+                eligible = m.selection == "best_val" or epoch > sch.epochs - max(1, math.ceil(m.window * sch.epochs))
+                if eligible and acc >= best[i][0]:
+                    best[i] = (acc, epoch, copy.deepcopy(mdl.state_dict()))
+                if on_epoch is not None:
+                    on_epoch(EpochReport(m, epoch, sch.epochs, acc))
+        results = []
+        for i, (m, mdl) in enumerate(zip(self.members, models, strict=True)):
+            mdl.load_state_dict(best[i][2])
+            mdl.eval()
+            results.append(MemberResult(m, mdl, best[i][1], curves[i], queries[i], round(clock[i], 3)))
+        return results

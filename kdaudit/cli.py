@@ -1,0 +1,187 @@
+"""The `kdaudit` command line. Engine commands (audit, protect) run in this process;
+service commands (serve, worker, upload, submit, status, report, keys) live in service_cli.
+
+Every failure a user can cause ends as one line `kdaudit: <context>: <message>` and exit
+code 2 (bad input) or 1 (anything else we anticipated); tracebacks are for our bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kdaudit import __version__
+from kdaudit.core.errors import InputError, KdauditError
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("audit", help="attack a teacher checkpoint with normal and skeptical KD and write a report")
+    a.add_argument("teacher", type=Path, help="teacher file: .safetensors, .onnx or a PyTorch state_dict")
+    a.add_argument("--arch", required=True, help="teacher architecture, e.g. cnn-32-64-64-128, resnet18")
+    a.add_argument("--dataset", default="digits", help="digits | mnist | fashion-mnist | cifar10 | npz (default digits)")
+    a.add_argument("--dataset-path", help="for --dataset npz: a .npz with arrays x, y (optional x_test, y_test)")
+    a.add_argument("--data-root", type=Path, help="folder with mnist.npz / cifar10_jpeg.npz")
+    a.add_argument("--format", choices=["safetensors", "onnx", "pytorch"], help="teacher format (default: detected)")
+    a.add_argument("--students", type=_csv, default=["cnn-4-8-8-16"], help="student architectures, comma-separated")
+    a.add_argument("--attacks", type=_csv, default=["normal_kd", "skeptical"], help="normal_kd,skeptical")
+    a.add_argument("--seeds", type=int, default=2)
+    a.add_argument("--fraction", type=float, default=1.0, help="share of the training set the thief has")
+    a.add_argument("--epochs", type=int, help="student epochs (default 40)")
+    a.add_argument("--batch-size", type=int)
+    a.add_argument("--lr", type=float)
+    a.add_argument("--temperature", type=float, help="KD temperature tau (default 4)")
+    a.add_argument("--alpha", type=float, help="KD soft-loss weight (default 0.9)")
+    a.add_argument("--ac-stage", type=int, help="stage (1-3) whose exit takes the teacher loss in the skeptical student")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a.add_argument("--out", type=Path, default=Path("report.json"))
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("protect", help="train a nasty (undistillable) teacher and verify it is nasty")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--dataset-path")
+    p.add_argument("--arch", help="teacher architecture (default: the dataset's recipe, cnn-16-32-32-64 on digits)")
+    p.add_argument("--out", type=Path, default=Path("nasty.safetensors"))
+    p.add_argument("--normal-out", type=Path, help="also save the normally trained twin here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher-epochs", type=int, help="epochs of the normal teacher (default: dataset recipe)")
+    p.add_argument("--nasty-epochs", type=int, help="epochs of the nasty teacher (default: dataset recipe, 150 on digits)")
+    p.add_argument("--omega", type=float, help="adversarial weight omega (default: dataset recipe, 0.08 on digits)")
+    p.add_argument("--tau", type=float, help="adversarial temperature (default 4)")
+    p.add_argument("--no-verify", action="store_true", help="skip the probe-student check")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_protect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdaudit", description="Audit how much a classifier leaks to distillation attacks.")
+    parser.add_argument("--version", action="version", version=f"kdaudit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_engine_commands(sub)
+    from kdaudit import demo, service_cli
+
+    demo.register_demo(sub)
+    service_cli.register(sub)
+    return parser
+
+
+def _audit_config(args: argparse.Namespace):
+    from kdaudit.distill.config import AuditConfig
+
+    schedule = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
+    kd = {k: v for k, v in {"temperature": args.temperature, "alpha": args.alpha}.items() if v is not None}
+    skeptical = {"ac_stage": args.ac_stage} if args.ac_stage is not None else {}
+    return AuditConfig(
+        teacher_arch=args.arch,
+        dataset=args.dataset,
+        dataset_path=args.dataset_path,
+        students=args.students,
+        attacks=args.attacks,
+        seeds=args.seeds,
+        fraction=args.fraction,
+        device=args.device,
+        schedule=schedule,
+        kd=kd,
+        skeptical=skeptical,
+    )
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from kdaudit.cli_render import ProgressPrinter, print_report
+    from kdaudit.distill.data import dataset_spec
+    from kdaudit.distill.runner import plan_runs, run_audit
+    from kdaudit.models.checkpoints import load_teacher, sha256_file
+
+    config = _audit_config(args)
+    spec = dataset_spec(config.dataset, config.dataset_path)
+    teacher = load_teacher(args.teacher, config.teacher_arch, spec.num_classes, spec.in_channels, fmt=args.format)
+    sha = sha256_file(args.teacher)
+    with ProgressPrinter(len(plan_runs(config)), config.schedule.epochs, enabled=not args.quiet) as bar:
+        report = run_audit(config, teacher, sha, progress=bar.on_event, data_root=args.data_root)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report.to_json())
+    print_report(report)
+    print(f"report written to {args.out}")
+    return 0
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    from kdaudit.cli_render import protect_progress
+    from kdaudit.distill.protect import ProtectConfig, protect_teacher
+
+    given = {
+        "dataset": args.dataset,
+        "dataset_path": args.dataset_path,
+        "arch": args.arch,
+        "seed": args.seed,
+        "out": args.out,
+        "normal_out": args.normal_out,
+        "device": args.device,
+        "omega": args.omega,
+        "tau": args.tau,
+        "verify": not args.no_verify,
+        "teacher_schedule": {"epochs": args.teacher_epochs} if args.teacher_epochs else None,
+        "nasty_schedule": {"epochs": args.nasty_epochs} if args.nasty_epochs else None,
+    }
+    cfg = ProtectConfig(**{k: v for k, v in given.items() if v is not None})
+    with protect_progress(enabled=not args.quiet) as cb:
+        res = protect_teacher(cfg, progress=cb)
+    print(f"normal teacher: {res.normal_accuracy:.2f}% test accuracy" + (f" -> {res.normal_path}" if res.normal_path else ""))
+    print(f"nasty teacher:  {res.nasty_accuracy:.2f}% test accuracy (epoch {res.nasty_epoch}) -> {res.nasty_path}")
+    print(f"sha256 {res.nasty_sha256}")
+    if res.verification is not None:
+        v = res.verification
+        print(f"probe student ({cfg.probe_student}): scratch {v.scratch:.2f}%, KD from normal {v.kd_from_normal:.2f}%, "
+              f"KD from nasty {v.kd_from_nasty:.2f}%")
+        print(("verified: " if v.is_nasty else "WARNING: ") + v.explanation)
+        return 0 if v.is_nasty else 3
+    return 0
+
+
+def _validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as e:
+        print(f"kdaudit: invalid input: {_validation_message(e)}", file=sys.stderr)
+        return 2
+    except InputError as e:
+        print(f"kdaudit: {e.context}: {e}", file=sys.stderr)
+        return 2
+    except KdauditError as e:
+        print(f"kdaudit: {e.context}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("kdaudit: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"kdaudit: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The resource-limited child that parses untrusted teacher files (run as a module, never imported).
+
+    python -m kdaudit.models.loader_proc convert SRC DST --max-parameters N --result R --limits M,C,F
+    python -m kdaudit.models.loader_proc validate SRC --arch A --num-classes K --in-channels C
+        [--fmt F] --settings JSON --result R --limits M,C,F
+
+`convert` runs `torch.load(weights_only=True)` on a PyTorch state_dict file and writes its
+tensors to DST (safetensors). `validate` runs the whole of `validate_teacher_file` here.
+Either way the answer is one JSON object in R: `{"ok": true, ...}` or
+`{"ok": false, "error": "<one line>"}`. The parent starts this process with RLIMIT_AS /
+RLIMIT_CPU / RLIMIT_FSIZE already set (preexec_fn); they are applied again first thing here
+so the limits hold however the process was started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+
+def _write(result_path: str, payload: dict) -> None:
+    tmp = result_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f)
+    os.replace(tmp, result_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kdaudit.models.loader_proc")
+    parser.add_argument("mode", choices=["convert", "validate"])
+    parser.add_argument("src")
+    parser.add_argument("dst", nargs="?")
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--limits", required=True, help="memory_bytes,cpu_seconds,fsize_bytes")
+    parser.add_argument("--max-parameters", type=int, default=100_000_000)
+    parser.add_argument("--arch")
+    parser.add_argument("--num-classes", type=int)
+    parser.add_argument("--in-channels", type=int)
+    parser.add_argument("--fmt")
+    parser.add_argument("--settings", default="{}")
+    args = parser.parse_args(argv)
+
+    import resource
+
+    memory, cpu, fsize = (int(v) for v in args.limits.split(","))
+    for res, soft, hard in (
+        (resource.RLIMIT_AS, memory, memory),
+        (resource.RLIMIT_CPU, cpu, cpu + 5),
+        (resource.RLIMIT_FSIZE, fsize, fsize),
+        (resource.RLIMIT_CORE, 0, 0),
+    ):
+        cur_soft, cur_hard = resource.getrlimit(res)
+        if cur_hard != resource.RLIM_INFINITY:
+            hard = min(hard, cur_hard)
+        try:
+            resource.setrlimit(res, (min(soft, hard), hard))
+        except (ValueError, OSError):
+            pass
+
+    # Heavy imports only after the limits are in place.
+    from pathlib import Path
+
+    from kdaudit.core.errors import KdauditError
+    from kdaudit.core.settings import Settings
+    from kdaudit.models import checkpoints
+
+    try:
+        if args.mode == "convert":
+            from safetensors.torch import save_file
+
+            tensors = checkpoints.torch_load_state_dict(Path(args.src), args.max_parameters)
+            save_file(tensors, args.dst)
+            _write(args.result, {"ok": True, "tensors": len(tensors)})
+        else:
+            settings = Settings(**json.loads(args.settings))
+            info = checkpoints.validate_in_process(
+                Path(args.src), args.arch, args.num_classes, args.in_channels, args.fmt, settings
+            )
+            _write(args.result, {"ok": True, "info": asdict(info)})
+    except KdauditError as e:
+        _write(args.result, {"ok": False, "error": str(e)})
+    except MemoryError:
+        _write(
+            args.result,
+            {"ok": False, "error": f"loading the file needed more than the {memory:,}-byte memory limit"},
+        )
+    except RecursionError:
+        _write(args.result, {"ok": False, "error": "file is nested too deeply to load"})
+    except Exception as e:  # one line for the user, never a traceback
+        _write(
+            args.result,
+            {
+                "ok": False,
+                "error": f"cannot load the file ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""The /v1 routes: teachers, audits, reports."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+
+from kdaudit.core.errors import CheckpointError, KdauditError
+from kdaudit.service.auth import current_tenant
+from kdaudit.service.deps import get_celery, get_files, get_session, get_settings
+from kdaudit.service.problems import Problem
+from kdaudit.service.schemas import AuditCreate, AuditList, AuditOut, TeacherList, TeacherOut
+from kdaudit.store import repo
+from kdaudit.store.files import FileStore
+from kdaudit.store.models import Audit, Tenant
+from kdaudit.store.settings import ServiceSettings
+from kdaudit.workers.app import TASK_RUN_AUDIT
+
+log = logging.getLogger("kdaudit.api")
+router = APIRouter(prefix="/v1", dependencies=[Depends(current_tenant)])
+
+#: room for the multipart envelope and the small form fields around the file
+FORM_OVERHEAD = 1 << 20
+_SUFFIX = re.compile(r"^\.[a-z0-9]{1,12}$")
+_MAX_PAGE = 100
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _limited_receive(receive, limit: int):
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge()
+        return message
+
+    return wrapped
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, f"the teacher file is larger than the limit of {limit} bytes", slug="upload-too-large", max_bytes=limit)
+
+
+def _page_link(request: Request, offset: int, limit: int, total: int) -> str | None:
+    if offset + limit >= total:
+        return None
+    u = request.url.include_query_params(offset=offset + limit, limit=limit)
+    return f"{u.path}?{u.query}"
+
+
+# ------------------------------------------------------------------ teachers
+
+_UPLOAD_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "architecture", "dataset"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "The checkpoint."},
+                        "architecture": {"type": "string", "example": "resnet18"},
+                        "dataset": {
+                            "type": "string",
+                            "enum": ["digits", "mnist", "fashion-mnist", "cifar10"],
+                            "description": "Dataset and preprocessing the teacher was trained with.",
+                        },
+                        "num_classes": {"type": "integer", "description": "Defaults to the dataset's."},
+                        "format": {
+                            "type": "string",
+                            "description": "Checkpoint format; detected from the file when omitted.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/teachers",
+    status_code=201,
+    response_model=TeacherOut,
+    openapi_extra=_UPLOAD_DOC,
+    responses={413: {"description": "File too large"}, 422: {"description": "Not a loadable checkpoint"}},
+)
+async def upload_teacher(
+    request: Request,
+    response: Response,
+    tenant: Tenant = Depends(current_tenant),
+    settings: ServiceSettings = Depends(get_settings),
+    files: FileStore = Depends(get_files),
+    session: Session = Depends(get_session),
+) -> TeacherOut:
+    """Upload a teacher checkpoint (multipart). It is validated in a separate, resource-limited process."""
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
+        raise _too_large(limit)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise Problem(415, "send the teacher as multipart/form-data with a `file` part", slug="unsupported-media-type")
+    limited = Request(request.scope, receive=_limited_receive(request.receive, limit + FORM_OVERHEAD))
+    try:
+        form = await limited.form(max_files=1, max_fields=16)
+    except _TooLarge:
+        raise _too_large(limit) from None
+    except ClientDisconnect:
+        raise Problem(400, "the client disconnected during the upload") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise Problem(422, "the form needs a `file` part holding the checkpoint", slug="validation-error")
+        fields = {k: form.get(k) for k in ("architecture", "dataset", "num_classes", "format", "in_channels")}
+        for name in ("architecture", "dataset"):
+            if not isinstance(fields[name], str) or not fields[name].strip():
+                raise Problem(422, f"the form field `{name}` is required", slug="validation-error")
+        arch, dataset, num_classes, in_channels, fmt = _teacher_fields(fields)
+
+        filename = Path(upload.filename or "teacher").name[:255] or "teacher"
+        suffix = Path(filename).suffix.lower()
+        tmp = files.new_temp(suffix=suffix if _SUFFIX.match(suffix) else "")
+        try:
+            sha, size = await _copy_limited(upload, tmp, limit)
+            try:
+                info = await run_in_threadpool(_validate, tmp, arch, num_classes, in_channels, fmt, settings)
+            except CheckpointError as e:
+                raise Problem(422, str(e), slug="invalid-checkpoint", title="Invalid checkpoint") from None
+            files.adopt(tmp, sha)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        await form.close()
+
+    teacher = repo.add_teacher(
+        session,
+        tenant.id,
+        sha256=sha,
+        filename=filename,
+        architecture=arch,
+        dataset=dataset,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        format=str(info.format),
+        parameters=int(info.parameters),
+        size_bytes=size,
+    )
+    request.app.state.metrics.teachers_uploaded.inc()
+    response.headers["Location"] = f"/v1/teachers/{teacher.id}"
+    return TeacherOut.of(teacher)
+
+
+def _teacher_fields(fields: dict[str, Any]) -> tuple[str, str, int, int, str | None]:
+    from kdaudit.distill.data import dataset_spec
+    from kdaudit.models.registry import parse_arch
+
+    try:
+        arch = parse_arch(str(fields["architecture"]))
+    except KdauditError as e:
+        raise Problem(422, str(e), slug="validation-error") from None
+    dataset = str(fields["dataset"]).strip().lower()
+    if dataset == "npz":
+        raise Problem(422, "dataset 'npz' (a server-side file) is not available over the API", slug="validation-error")
+    try:
+        spec = dataset_spec(dataset)
+    except KdauditError as e:
+        raise Problem(422, str(e), slug="validation-error") from None
+    num_classes = _int_field(fields.get("num_classes"), "num_classes", spec.num_classes)
+    in_channels = _int_field(fields.get("in_channels"), "in_channels", spec.in_channels)
+    if num_classes != spec.num_classes or in_channels != spec.in_channels:
+        raise Problem(
+            422,
+            f"dataset {dataset!r} has {spec.num_classes} classes and {spec.in_channels} input channels, "
+            f"but the form says num_classes={num_classes}, in_channels={in_channels}",
+            slug="validation-error",
+        )
+    fmt = fields.get("format")
+    fmt = str(fmt).strip().lower() if isinstance(fmt, str) and fmt.strip() else None
+    return arch, dataset, num_classes, in_channels, fmt
+
+
+def _int_field(value: Any, name: str, default: int) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise Problem(422, f"`{name}` must be an integer, got {str(value)[:40]!r}", slug="validation-error") from None
+    if not 1 <= n <= 100_000:
+        raise Problem(422, f"`{name}` must be between 1 and 100000", slug="validation-error")
+    return n
+
+
+async def _copy_limited(upload: UploadFile, dest: Path, limit: int) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as out:
+        while chunk := await upload.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            h.update(chunk)
+            out.write(chunk)
+    if size == 0:
+        raise Problem(422, "the uploaded file is empty", slug="invalid-checkpoint", title="Invalid checkpoint")
+    return h.hexdigest(), size
+
+
+def _validate(path: Path, arch: str, num_classes: int, in_channels: int, fmt: str | None, settings: ServiceSettings):
+    # parses the file in a separate, resource-limited process: never unpickle in the API process
+    from kdaudit.models.checkpoints import validate_teacher_file
+
+    return validate_teacher_file(path, arch, num_classes, in_channels, fmt=fmt, settings=settings)
+
+
+@router.get("/teachers", response_model=TeacherList)
+def list_teachers(
+    request: Request,
+    limit: int = Query(20, ge=1, le=_MAX_PAGE),
+    offset: int = Query(0, ge=0),
+    tenant: Tenant = Depends(current_tenant),
+    session: Session = Depends(get_session),
+) -> TeacherList:
+    items, total = repo.list_teachers(session, tenant.id, limit, offset)
+    return TeacherList(
+        items=[TeacherOut.of(t) for t in items],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next=_page_link(request, offset, limit, total),
+    )
+
+
+@router.get("/teachers/{teacher_id}", response_model=TeacherOut)
+def get_teacher(teacher_id: str, tenant: Tenant = Depends(current_tenant), session: Session = Depends(get_session)):
+    teacher = repo.get_teacher(session, tenant.id, teacher_id)
+    if teacher is None:
+        raise Problem(404, f"no teacher {teacher_id}", slug="not-found")
+    return TeacherOut.of(teacher)
+
+
+# ------------------------------------------------------------------ audits
+
+
+def _audit_or_404(session: Session, tenant: Tenant, audit_id: str) -> Audit:
+    audit = repo.get_audit(session, tenant.id, audit_id)
+    if audit is None:
+        raise Problem(404, f"no audit {audit_id}", slug="not-found")
+    return audit
+
+
+def _audit_response(response: Response, audit: Audit, settings: ServiceSettings) -> AuditOut:
+    if not repo.is_finished(audit.status):
+        response.headers["Retry-After"] = str(settings.retry_after_seconds)
+    return AuditOut.of(audit)
+
+
+def _build_config(body: AuditCreate, teacher) -> dict[str, Any]:
+    from kdaudit.distill.config import AuditConfig
+    from kdaudit.distill.data import dataset_spec
+
+    dataset = body.dataset or teacher.dataset
+    spec = dataset_spec(dataset)
+    if spec.num_classes != teacher.num_classes or spec.in_channels != teacher.in_channels:
+        raise Problem(
+            422,
+            f"teacher {teacher.id} has {teacher.num_classes} classes and {teacher.in_channels} input channels; "
+            f"dataset {dataset!r} has {spec.num_classes} and {spec.in_channels}",
+            slug="validation-error",
+        )
+    kwargs: dict[str, Any] = {"teacher_arch": teacher.architecture, "dataset": dataset}
+    for name in ("attacks", "students", "seeds", "base_seed", "fraction", "device", "kd", "skeptical"):
+        value = getattr(body, name)
+        if value is not None:
+            kwargs[name] = value
+    schedule = dict(body.schedule or {})
+    if body.epochs is not None:
+        schedule["epochs"] = body.epochs
+    if schedule:
+        kwargs["schedule"] = schedule
+    try:
+        return AuditConfig(**kwargs).model_dump(mode="json")
+    except ValidationError as e:
+        errors = [
+            {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+            for err in e.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(x['loc'])}: {x['msg']}" for x in errors[:5])
+        raise Problem(422, f"invalid audit configuration: {summary}", slug="validation-error", errors=errors) from None
+
+
+@router.post("/audits", status_code=202, response_model=AuditOut, responses={409: {}, 422: {}, 503: {}})
+def submit_audit(
+    body: AuditCreate,
+    request: Request,
+    response: Response,
+    idempotency_key: str | None = Header(default=None, max_length=255, description="Replays return the same audit."),
+    tenant: Tenant = Depends(current_tenant),
+    settings: ServiceSettings = Depends(get_settings),
+    session: Session = Depends(get_session),
+    celery: Celery = Depends(get_celery),
+) -> AuditOut:
+    """Queue an audit of one of your teachers. Answers 202 with `Location` of the job."""
+    from kdaudit.distill.config import AuditConfig
+    from kdaudit.distill.runner import plan_runs
+
+    teacher = repo.get_teacher(session, tenant.id, body.teacher_id)
+    if teacher is None:
+        raise Problem(404, f"no teacher {body.teacher_id}", slug="not-found")
+    config = _build_config(body, teacher)
+    runs_total = len(plan_runs(AuditConfig.model_validate(config)))
+    fingerprint = repo.request_fingerprint(body.model_dump(mode="json", exclude_none=True))
+    try:
+        audit, created = repo.create_audit(
+            session,
+            tenant_id=tenant.id,
+            teacher_id=teacher.id,
+            config=config,
+            runs_total=runs_total,
+            epochs=config["schedule"]["epochs"],
+            request_hash=fingerprint,
+            idempotency_key=idempotency_key,
+        )
+    except repo.IdempotencyConflict as e:
+        raise Problem(
+            422,
+            f"Idempotency-Key {idempotency_key!r} was already used for a different request (audit {e})",
+            slug="idempotency-key-reused",
+        ) from None
+    if created:
+        try:
+            celery.send_task(TASK_RUN_AUDIT, args=[audit.id])
+        except Exception:
+            log.exception("could not enqueue audit %s", audit.id)
+            repo.delete_audit(session, audit.id)
+            raise Problem(503, "the job queue is unreachable; nothing was queued, try again", slug="broker-unavailable") from None
+        request.app.state.metrics.audits_submitted.inc()
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/audits/{audit.id}"
+    return _audit_response(response, audit, settings)
+
+
+@router.get("/audits", response_model=AuditList)
+def list_audits(
+    request: Request,
+    limit: int = Query(20, ge=1, le=_MAX_PAGE),
+    offset: int = Query(0, ge=0),
+    status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
+    tenant: Tenant = Depends(current_tenant),
+    session: Session = Depends(get_session),
+) -> AuditList:
+    """Your audits, newest first."""
+    items, total = repo.list_audits(session, tenant.id, limit, offset, status)
+    return AuditList(
+        items=[AuditOut.of(a) for a in items],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next=_page_link(request, offset, limit, total),
+    )
+
+
+@router.get("/audits/{audit_id}", response_model=AuditOut)
+def get_audit(
+    audit_id: str,
+    response: Response,
+    tenant: Tenant = Depends(current_tenant),
+    settings: ServiceSettings = Depends(get_settings),
+    session: Session = Depends(get_session),
+) -> AuditOut:
+    """Status and progress; `Retry-After` is set until the audit has finished."""
+    return _audit_response(response, _audit_or_404(session, tenant, audit_id), settings)
+
+
+@router.get(
+    "/audits/{audit_id}/report",
+    responses={200: {"description": "The kdaudit.report/v1 document", "content": {"application/json": {}}}, 409: {}},
+)
+def get_report(
+    audit_id: str,
+    tenant: Tenant = Depends(current_tenant),
+    settings: ServiceSettings = Depends(get_settings),
+    session: Session = Depends(get_session),
+) -> Response:
+    """The `kdaudit.report/v1` JSON; 409 until the audit has succeeded."""
+    from fastapi.responses import JSONResponse
+
+    audit = _audit_or_404(session, tenant, audit_id)
+    row = repo.get_report(session, audit.id) if audit.status == "succeeded" else None
+    if row is None:
+        headers = {} if repo.is_finished(audit.status) else {"Retry-After": str(settings.retry_after_seconds)}
+        why = f"the audit {audit.status}" + (f": {audit.error}" if audit.error else "")
+        if not repo.is_finished(audit.status):
+            why = f"the audit is {audit.status} ({audit.runs_done}/{audit.runs_total} runs done)"
+        raise Problem(409, f"no report yet: {why}", slug="report-not-ready", headers=headers, audit_status=audit.status)
+    return JSONResponse(row.body)
+
+
+@router.post("/audits/{audit_id}/cancel", status_code=202, response_model=AuditOut, responses={409: {}})
+def cancel_audit(
+    audit_id: str,
+    response: Response,
+    tenant: Tenant = Depends(current_tenant),
+    settings: ServiceSettings = Depends(get_settings),
+    session: Session = Depends(get_session),
+) -> AuditOut:
+    """Cancel: a queued audit at once, a running one at its next epoch boundary."""
+    audit = _audit_or_404(session, tenant, audit_id)
+    if repo.is_finished(audit.status):
+        raise Problem(409, f"the audit already {audit.status}", slug="already-finished", audit_status=audit.status)
+    audit = repo.request_cancel(session, audit, settings.stale_after_seconds)
+    return _audit_response(response, audit, settings)

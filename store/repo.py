@@ -1,0 +1,425 @@
+"""Repository functions: every read and write the service and the workers make.
+
+Each mutating function commits its own transaction. State transitions of an audit are
+compare-and-set UPDATEs, so two processes can never both run the same audit:
+
+    queued --claim--> running --store_report--> succeeded
+                        |  +--finish--> failed | cancelled
+    queued --cancel--> cancelled
+
+A running audit belongs to the worker named in `claimed_by` as long as that worker keeps
+`heartbeat_at` fresh; once the heartbeat is older than `stale_after` another worker may
+take it over (and resumes from the runs already recorded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from kdaudit.store.models import FINISHED, ApiKey, Audit, ReportRow, Run, Teacher, Tenant, utcnow
+
+KEY_PREFIX = "kda_"
+
+
+# ---------------------------------------------------------------- tenants and keys
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is not None:
+        return tenant
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    try:
+        session.commit()
+    except IntegrityError:  # created concurrently
+        session.rollback()
+        tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+        assert tenant is not None
+    return tenant
+
+
+def create_api_key(session: Session, tenant_name: str) -> tuple[str, ApiKey]:
+    """Create a key for `tenant_name` (creating the tenant if new). The key is returned once."""
+    tenant = get_or_create_tenant(session, tenant_name)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:12])
+    session.add(row)
+    session.commit()
+    return key, row
+
+
+def tenant_for_key(session: Session, key: str) -> Tenant | None:
+    return session.scalar(
+        select(Tenant)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
+
+
+def revoke_key(session: Session, key: str) -> bool:
+    res = session.execute(
+        update(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
+    session.commit()
+    return res.rowcount == 1
+
+
+# ---------------------------------------------------------------- teachers
+
+
+def add_teacher(session: Session, tenant_id: str, **fields: Any) -> Teacher:
+    teacher = Teacher(tenant_id=tenant_id, **fields)
+    session.add(teacher)
+    session.commit()
+    return teacher
+
+
+def get_teacher(session: Session, tenant_id: str | None, teacher_id: str) -> Teacher | None:
+    """The teacher if it exists and belongs to `tenant_id` (None = any tenant, workers only)."""
+    teacher = session.get(Teacher, teacher_id)
+    if teacher is None or (tenant_id is not None and teacher.tenant_id != tenant_id):
+        return None
+    return teacher
+
+
+def list_teachers(session: Session, tenant_id: str, limit: int, offset: int) -> tuple[list[Teacher], int]:
+    q = select(Teacher).where(Teacher.tenant_id == tenant_id)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    items = session.scalars(q.order_by(Teacher.created_at.desc(), Teacher.id).limit(limit).offset(offset)).all()
+    return list(items), total
+
+
+# ---------------------------------------------------------------- audits
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was already used by this tenant for a different request."""
+
+
+def request_fingerprint(payload: dict[str, Any]) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def create_audit(
+    session: Session,
+    *,
+    tenant_id: str,
+    teacher_id: str,
+    config: dict[str, Any],
+    runs_total: int,
+    epochs: int | None,
+    request_hash: str,
+    idempotency_key: str | None = None,
+) -> tuple[Audit, bool]:
+    """Insert a queued audit; with an Idempotency-Key, return the earlier audit instead.
+
+    Returns (audit, created). Raises IdempotencyConflict when the key was used for another body.
+    """
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            return _check_same(existing, request_hash), False
+    audit = Audit(
+        tenant_id=tenant_id,
+        teacher_id=teacher_id,
+        status="queued",
+        config=config,
+        runs_total=runs_total,
+        runs_done=0,
+        epochs=epochs,
+        request_hash=request_hash,
+        idempotency_key=idempotency_key,
+        cancel_requested=False,
+        attempts=0,
+    )
+    session.add(audit)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is None:
+            raise
+        return _check_same(existing, request_hash), False
+    return audit, True
+
+
+def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Audit | None:
+    return session.scalar(select(Audit).where(Audit.tenant_id == tenant_id, Audit.idempotency_key == key))
+
+
+def _check_same(audit: Audit, request_hash: str) -> Audit:
+    if audit.request_hash != request_hash:
+        raise IdempotencyConflict(audit.id)
+    return audit
+
+
+def delete_audit(session: Session, audit_id: str) -> None:
+    audit = session.get(Audit, audit_id)
+    if audit is not None:
+        session.delete(audit)
+        session.commit()
+
+
+def get_audit(session: Session, tenant_id: str | None, audit_id: str) -> Audit | None:
+    """The audit, freshly read, if it belongs to `tenant_id` (None = any tenant, workers only)."""
+    audit = session.scalar(select(Audit).where(Audit.id == audit_id).execution_options(populate_existing=True))
+    if audit is None or (tenant_id is not None and audit.tenant_id != tenant_id):
+        return None
+    return audit
+
+
+def list_audits(
+    session: Session, tenant_id: str, limit: int, offset: int, status: str | None = None
+) -> tuple[list[Audit], int]:
+    q = select(Audit).where(Audit.tenant_id == tenant_id)
+    if status is not None:
+        q = q.where(Audit.status == status)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    items = session.scalars(q.order_by(Audit.created_at.desc(), Audit.id).limit(limit).offset(offset)).all()
+    return list(items), total
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Audit.status, func.count()).group_by(Audit.status)).all()
+    return {status: n for status, n in rows}
+
+
+# ---------------------------------------------------------------- claiming (workers)
+
+
+@dataclass
+class Claim:
+    outcome: Literal["claimed", "resumed", "skipped"]
+    reason: str = ""
+
+    @property
+    def acquired(self) -> bool:
+        return self.outcome in ("claimed", "resumed")
+
+
+def _stale(heartbeat: datetime | None, stale_after: float, now: datetime) -> bool:
+    return heartbeat is None or heartbeat < now - timedelta(seconds=stale_after)
+
+
+def claim_audit(session: Session, audit_id: str, worker_id: str, stale_after: float) -> Claim:
+    """Atomically take a queued audit, or take over a running one whose worker went silent."""
+    now = utcnow()
+    res = session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.status == "queued")
+        .values(
+            status="running",
+            claimed_by=worker_id,
+            heartbeat_at=now,
+            started_at=now,
+            attempts=Audit.attempts + 1,
+            updated_at=now,
+        )
+    )
+    session.commit()
+    if res.rowcount == 1:
+        return Claim("claimed")
+    audit = get_audit(session, None, audit_id)
+    if audit is None:
+        return Claim("skipped", "no such audit")
+    if audit.status != "running":
+        return Claim("skipped", f"audit is {audit.status}")
+    if audit.claimed_by == worker_id:
+        return Claim("skipped", "already running in this worker")
+    if not _stale(audit.heartbeat_at, stale_after, now):
+        return Claim("skipped", f"running on live worker {audit.claimed_by}")
+    # take over an orphan: compare-and-set on the attempt counter so only one worker wins
+    res = session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.status == "running", Audit.attempts == audit.attempts)
+        .values(claimed_by=worker_id, heartbeat_at=now, attempts=Audit.attempts + 1, updated_at=now)
+    )
+    session.commit()
+    if res.rowcount == 1:
+        return Claim("resumed", f"took over from {audit.claimed_by}")
+    return Claim("skipped", "another worker took it over first")
+
+
+def _owned(audit_id: str, worker_id: str):
+    return (Audit.id == audit_id, Audit.status == "running", Audit.claimed_by == worker_id)
+
+
+def heartbeat(session: Session, audit_id: str, worker_id: str) -> bool:
+    """Refresh the heartbeat; False if this worker no longer owns the audit."""
+    now = utcnow()
+    res = session.execute(update(Audit).where(*_owned(audit_id, worker_id)).values(heartbeat_at=now))
+    session.commit()
+    return res.rowcount == 1
+
+
+def update_progress(
+    session: Session,
+    audit_id: str,
+    worker_id: str,
+    *,
+    current_run: str | None,
+    epoch: int | None,
+    epochs: int | None,
+    runs_total: int | None = None,
+) -> bool:
+    now = utcnow()
+    values: dict[str, Any] = dict(current_run=current_run, current_epoch=epoch, heartbeat_at=now, updated_at=now)
+    if epochs is not None:
+        values["epochs"] = epochs
+    if runs_total is not None:
+        values["runs_total"] = runs_total
+    res = session.execute(update(Audit).where(*_owned(audit_id, worker_id)).values(**values))
+    session.commit()
+    return res.rowcount == 1
+
+
+def record_run(session: Session, audit_id: str, run_key: str, record: dict[str, Any]) -> bool:
+    """Store one finished run (idempotent per run key) and refresh runs_done. True if new."""
+    session.add(
+        Run(
+            audit_id=audit_id,
+            run_key=run_key,
+            kind=str(record.get("kind", "")),
+            student=str(record.get("student", "")),
+            seed=int(record.get("seed", 0)),
+            test_accuracy=float(record.get("test_accuracy", 0.0)),
+            record=record,
+        )
+    )
+    try:
+        session.commit()
+        new = True
+    except IntegrityError:
+        session.rollback()
+        new = False
+    done = session.scalar(select(func.count()).select_from(Run).where(Run.audit_id == audit_id)) or 0
+    session.execute(update(Audit).where(Audit.id == audit_id).values(runs_done=done, updated_at=utcnow()))
+    session.commit()
+    return new
+
+
+def list_runs(session: Session, audit_id: str) -> list[Run]:
+    return list(session.scalars(select(Run).where(Run.audit_id == audit_id).order_by(Run.id)).all())
+
+
+def done_runs(session: Session, audit_id: str) -> dict[str, dict[str, Any]]:
+    return {r.run_key: r.record for r in list_runs(session, audit_id)}
+
+
+def should_stop(session: Session, audit_id: str, worker_id: str) -> bool:
+    """True if the owner asked to cancel, or this worker lost the audit (stop either way)."""
+    row = session.execute(
+        select(Audit.status, Audit.cancel_requested, Audit.claimed_by).where(Audit.id == audit_id)
+    ).first()
+    session.commit()
+    if row is None:
+        return True
+    status, requested, owner = row
+    return bool(requested) or status != "running" or owner != worker_id
+
+
+def store_report(session: Session, audit_id: str, worker_id: str, body: dict[str, Any]) -> bool:
+    """Save the report and mark the audit succeeded, only if this worker still owns it."""
+    now = utcnow()
+    res = session.execute(
+        update(Audit)
+        .where(*_owned(audit_id, worker_id))
+        .values(status="succeeded", finished_at=now, updated_at=now, current_run=None, error=None)
+    )
+    if res.rowcount != 1:
+        session.rollback()
+        return False
+    existing = session.get(ReportRow, audit_id)
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    verdict = str(body.get("summary", {}).get("verdict", ""))
+    session.add(ReportRow(audit_id=audit_id, schema=str(body.get("schema", "")), verdict=verdict, body=body))
+    session.commit()
+    return True
+
+
+def finish_audit(
+    session: Session, audit_id: str, worker_id: str, status: Literal["failed", "cancelled"], error: str | None
+) -> bool:
+    now = utcnow()
+    res = session.execute(
+        update(Audit)
+        .where(*_owned(audit_id, worker_id))
+        .values(status=status, error=error, finished_at=now, updated_at=now, current_run=None)
+    )
+    session.commit()
+    return res.rowcount == 1
+
+
+def fail_unclaimed(session: Session, audit_id: str, error: str) -> bool:
+    """Mark a queued audit failed before any worker ran it (e.g. its teacher file vanished)."""
+    now = utcnow()
+    res = session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.status == "queued")
+        .values(status="failed", error=error, finished_at=now, updated_at=now)
+    )
+    session.commit()
+    return res.rowcount == 1
+
+
+# ---------------------------------------------------------------- cancel, reports (API)
+
+
+def request_cancel(session: Session, audit: Audit, stale_after: float) -> Audit:
+    """Cancel a queued audit now; ask a running one to stop at the next epoch boundary.
+
+    A running audit whose worker is gone (stale heartbeat) is cancelled at once.
+    """
+    now = utcnow()
+    if audit.status == "queued":
+        session.execute(
+            update(Audit)
+            .where(Audit.id == audit.id, Audit.status == "queued")
+            .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
+        )
+    elif audit.status == "running":
+        values: dict[str, Any] = dict(cancel_requested=True, updated_at=now)
+        if _stale(audit.heartbeat_at, stale_after, now):
+            values.update(status="cancelled", finished_at=now, error="cancelled (its worker had stopped)")
+        session.execute(update(Audit).where(Audit.id == audit.id, Audit.status == "running").values(**values))
+    session.commit()
+    fresh = get_audit(session, None, audit.id)
+    assert fresh is not None
+    return fresh
+
+
+def get_report(session: Session, audit_id: str) -> ReportRow | None:
+    return session.get(ReportRow, audit_id)
+
+
+def orphaned_audits(session: Session, stale_after: float) -> list[str]:
+    """Running audits whose worker stopped heart-beating (to re-enqueue at worker start)."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    q = select(Audit.id).where(
+        Audit.status == "running", (Audit.heartbeat_at.is_(None)) | (Audit.heartbeat_at < cutoff)
+    )
+    return list(session.scalars(q).all())
+
+
+def is_finished(status: str) -> bool:
+    return status in FINISHED

@@ -1,0 +1,48 @@
+"""Settings the service and the workers share, on top of `kdaudit.core.settings.Settings`.
+
+Both `kdaudit.service` and `kdaudit.workers` import `kdaudit.store`, so the few knobs they
+both need (queue name, heartbeat timing, auto-migration) live here rather than in either.
+All fields read `KDAUDIT_*` environment variables like the base class.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from kdaudit.core.settings import Settings
+
+
+class ServiceSettings(Settings):
+    auto_migrate: bool | None = Field(
+        default=None,
+        description="Run `alembic upgrade head` when the API/worker starts; default: only in embedded mode (no database_url).",
+    )
+    queue: str = Field(default="kdaudit", min_length=1, max_length=200, description="Celery queue for audit tasks.")
+    heartbeat_seconds: float = Field(default=10.0, gt=0, description="How often a running audit refreshes its heartbeat.")
+    stale_after_seconds: float = Field(
+        default=120.0, gt=0, description="A running audit whose heartbeat is older than this is considered orphaned."
+    )
+    retry_after_seconds: int = Field(default=5, ge=1, description="Retry-After sent while an audit is not finished.")
+    broker_visibility_timeout: int = Field(
+        default=6 * 3600, gt=0, description="Redis visibility timeout (s) before an unacknowledged task is redelivered."
+    )
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.auto_migrate if self.auto_migrate is not None else self.database_url is None
+
+
+def coerce_settings(settings: Settings | None = None) -> ServiceSettings:
+    """Accept a plain `Settings` (or None = from the environment) and return a ServiceSettings."""
+    if settings is None:
+        return get_service_settings()
+    if isinstance(settings, ServiceSettings):
+        return settings
+    return ServiceSettings(**settings.model_dump(exclude_unset=False))
+
+
+@lru_cache(maxsize=1)
+def get_service_settings() -> ServiceSettings:
+    return ServiceSettings()

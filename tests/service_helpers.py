@@ -1,0 +1,160 @@
+"""Shared helpers for the service/store/worker tests (imported by path: tests/ is not a package).
+
+Integration tests use the real PostgreSQL and Redis on the machine. When one is down they
+are skipped with the reason -- except in CI (CI=true), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("KDAUDIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("KDAUDIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEACHER_ARCH = "cnn-8-8-8-16"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require(what: str, check: Callable[[], None]) -> None:
+    """Skip (or fail, in CI) when a service the test needs is unreachable."""
+    try:
+        check()
+    except Exception as e:
+        msg = f"{what} is unreachable ({type(e).__name__}: {e})"
+        if in_ci():
+            pytest.fail(f"{msg}; CI=true requires it")
+        pytest.skip(f"{msg}; start it or set CI=true to make this a failure")
+
+
+def check_postgres() -> None:
+    import psycopg
+
+    with psycopg.connect(_libpq(PG_ADMIN_URL), connect_timeout=3) as conn:
+        conn.execute("SELECT 1")
+
+
+def check_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def create_database(prefix: str = "kdaudit_test") -> tuple[str, str]:
+    """CREATE DATABASE <prefix>_<random>; returns (name, SQLAlchemy URL)."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_libpq(PG_ADMIN_URL), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+def drop_database(name: str) -> None:
+    import psycopg
+
+    from kdaudit.store.db import dispose_all
+
+    dispose_all()
+    with psycopg.connect(_libpq(PG_ADMIN_URL), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_teacher_file(path: Path, arch: str = TEACHER_ARCH, seed: int = 0) -> Path:
+    """A random-weight teacher for the digits dataset (fine for plumbing tests)."""
+    import torch
+
+    from kdaudit.models.checkpoints import save_teacher
+    from kdaudit.models.registry import build_model
+
+    torch.manual_seed(seed)
+    save_teacher(build_model(arch, 10, 1), path)
+    return path
+
+
+def tiny_audit(teacher_id: str, **over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "teacher_id": teacher_id,
+        "students": ["cnn-4-8-8-16"],
+        "attacks": ["normal_kd", "skeptical"],
+        "seeds": 1,
+        "epochs": 1,
+        "device": "cpu",
+    }
+    body.update(over)
+    return body
+
+
+def upload(client, key: str, path: Path, arch: str = TEACHER_ARCH, dataset: str = "digits", **form: str):
+    with open(path, "rb") as fh:
+        return client.post(
+            "/v1/teachers",
+            headers={"Authorization": f"Bearer {key}"},
+            data={"architecture": arch, "dataset": dataset, **form},
+            files={"file": (path.name, fh, "application/octet-stream")},
+        )
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def new_key(settings, tenant: str) -> str:
+    from kdaudit.store import migrate, repo
+    from kdaudit.store.db import session_factory
+
+    migrate.upgrade(settings.resolved_database_url)
+    with session_factory(settings.resolved_database_url)() as session:
+        key, _ = repo.create_api_key(session, tenant)
+    return key
+
+
+def start_worker(settings, log_path: Path) -> subprocess.Popen:
+    """A real Celery worker process (`celery -A kdaudit.workers.app worker --pool solo`)."""
+    from kdaudit.service_cli import start_worker_process
+
+    return start_worker_process(settings, log_file=log_path)
+
+
+def stop_worker(proc: subprocess.Popen, log_path: Path | None = None) -> str:
+    from kdaudit.service_cli import stop_process
+
+    stop_process(proc, timeout=20)
+    return log_path.read_text(errors="replace") if log_path and log_path.exists() else ""
+
+
+def wait_status(get: Callable[[], dict[str, Any]], statuses: tuple[str, ...], timeout: float, poll: float = 0.3) -> dict:
+    deadline = time.monotonic() + timeout
+    doc = get()
+    while doc["status"] not in statuses:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status still {doc['status']} after {timeout}s: {doc}")
+        time.sleep(poll)
+        doc = get()
+    return doc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,209 @@
+"""The audit task: claim the job, run the engine, write runs/progress/report to the DB.
+
+Exactly-once *effect* on at-least-once delivery: the task first claims the audit with a
+compare-and-set UPDATE (`status='queued'` -> `running`). A duplicate or redelivered
+message finds it running on a live worker (fresh heartbeat) or finished, and does
+nothing. If the worker that held it died (stale heartbeat), the message's redelivery -- or
+the periodic orphan sweep every worker runs -- lets another worker take it over, and the
+engine skips the runs already recorded (`done_runs`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from typing import Any
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutting_down
+
+from kdaudit.core.errors import CancelledError, CheckpointError, KdauditError
+from kdaudit.store import migrate, repo
+from kdaudit.store.db import session_factory
+from kdaudit.store.files import FileStore
+from kdaudit.store.settings import ServiceSettings, get_service_settings
+from kdaudit.workers.app import TASK_RUN_AUDIT
+
+log = logging.getLogger("kdaudit.worker")
+
+_worker_id: tuple[int, str] | None = None
+
+
+def worker_id() -> str:
+    """Unique per process (host:pid:random), recomputed after a fork."""
+    global _worker_id
+    if _worker_id is None or _worker_id[0] != os.getpid():
+        _worker_id = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    return _worker_id[1]
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps `heartbeat_at` fresh while the engine trains; notices a lost claim."""
+
+    def __init__(self, settings: ServiceSettings, audit_id: str, wid: str) -> None:
+        super().__init__(name=f"heartbeat-{audit_id}", daemon=True)
+        self.settings, self.audit_id, self.wid = settings, audit_id, wid
+        self.stop = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        factory = session_factory(self.settings.resolved_database_url)
+        while not self.stop.wait(self.settings.heartbeat_seconds):
+            try:
+                with factory() as session:
+                    if not repo.heartbeat(session, self.audit_id, self.wid):
+                        self.lost.set()
+                        return
+            except Exception:  # a DB blip must not kill the audit; the next beat retries
+                log.warning("heartbeat for audit %s failed", self.audit_id, exc_info=True)
+
+
+def execute_audit(audit_id: str, settings: ServiceSettings | None = None, wid: str | None = None) -> str:
+    """Run one audit end to end. Returns the outcome ('succeeded', 'failed', 'skipped: ...')."""
+    settings = settings or get_service_settings()
+    wid = wid or worker_id()
+    url = settings.resolved_database_url
+    if settings.should_auto_migrate:
+        migrate.upgrade(url)
+    factory = session_factory(url)
+
+    with factory() as session:
+        claim = repo.claim_audit(session, audit_id, wid, settings.stale_after_seconds)
+        if not claim.acquired:
+            log.info("audit %s not run here: %s", audit_id, claim.reason)
+            return f"skipped: {claim.reason}"
+        log.info("audit %s %s by %s %s", audit_id, claim.outcome, wid, claim.reason)
+        audit = repo.get_audit(session, None, audit_id)
+        assert audit is not None
+        teacher = repo.get_teacher(session, None, audit.teacher_id)
+        config_data: dict[str, Any] = dict(audit.config)
+        recorded = repo.done_runs(session, audit_id)
+
+    beat = _Heartbeat(settings, audit_id, wid)
+    beat.start()
+    try:
+        with factory() as session:
+            return _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat)
+    finally:
+        beat.stop.set()
+
+
+def _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat) -> str:
+    try:
+        from kdaudit.distill.config import AuditConfig
+        from kdaudit.distill.report import RunRecord
+        from kdaudit.distill.runner import plan_runs, run_audit
+        from kdaudit.models.checkpoints import load_teacher
+
+        if teacher is None:
+            raise CheckpointError("the audit's teacher no longer exists")
+        config = AuditConfig.model_validate(config_data)
+        path = FileStore(settings.resolved_storage_dir).path_for(teacher.sha256)
+        if not path.is_file():
+            raise CheckpointError(f"teacher file {teacher.sha256[:12]}... is missing from the file store")
+        done = {k: RunRecord.model_validate(v) for k, v in recorded.items()}
+        total = len(plan_runs(config))
+        repo.update_progress(session, audit_id, wid, current_run=None, epoch=None, epochs=None, runs_total=total)
+        model = load_teacher(
+            path, teacher.architecture, teacher.num_classes, teacher.in_channels, fmt=teacher.format, settings=settings
+        )
+
+        def progress(ev) -> None:
+            if ev.kind == "run_finished" and ev.record is not None:
+                repo.record_run(session, audit_id, ev.run_key, ev.record.model_dump(mode="json"))
+            repo.update_progress(
+                session,
+                audit_id,
+                wid,
+                current_run=ev.run_key,
+                epoch=ev.epoch,
+                epochs=ev.epochs,
+                runs_total=ev.total_runs,
+            )
+
+        def should_cancel() -> bool:
+            return beat.lost.is_set() or repo.should_stop(session, audit_id, wid)
+
+        report = run_audit(
+            config,
+            model,
+            teacher.sha256,
+            progress=progress,
+            should_cancel=should_cancel,
+            done_runs=done,
+            data_root=settings.datasets_dir,
+        )
+        body = json.loads(report.to_json())
+        if repo.store_report(session, audit_id, wid, body):
+            log.info("audit %s succeeded", audit_id)
+            return "succeeded"
+        log.warning("audit %s finished here but this worker no longer owns it; report dropped", audit_id)
+        return "skipped: lost claim"
+    except CancelledError:
+        session.rollback()
+        repo.finish_audit(session, audit_id, wid, "cancelled", "cancelled by its owner")
+        log.info("audit %s cancelled", audit_id)
+        return "cancelled"
+    except KdauditError as e:
+        session.rollback()
+        message = f"{e.context}: {e}"
+        repo.finish_audit(session, audit_id, wid, "failed", message)
+        log.warning("audit %s failed: %s", audit_id, message)
+        return "failed"
+    except Exception as e:  # a bug: keep the traceback in the worker log, not in the API
+        session.rollback()
+        log.exception("audit %s crashed", audit_id)
+        repo.finish_audit(
+            session, audit_id, wid, "failed", f"internal error ({type(e).__name__}); see the worker log"
+        )
+        return "failed"
+
+
+@shared_task(name=TASK_RUN_AUDIT, bind=True, acks_late=True, ignore_result=True)
+def run_audit_task(self, audit_id: str) -> str:
+    return execute_audit(str(audit_id))
+
+
+# ---------------------------------------------------------------- orphan sweep
+
+_sweeper_stop = threading.Event()
+
+
+def sweep_orphans(celery, settings: ServiceSettings) -> list[str]:
+    """Re-enqueue running audits whose worker stopped heart-beating (claim makes it safe)."""
+    with session_factory(settings.resolved_database_url)() as session:
+        ids = repo.orphaned_audits(session, settings.stale_after_seconds)
+    for audit_id in ids:
+        log.warning("re-enqueueing orphaned audit %s", audit_id)
+        celery.send_task(TASK_RUN_AUDIT, args=[audit_id])
+    return ids
+
+
+@worker_ready.connect
+def _on_worker_ready(sender=None, **_: Any) -> None:
+    settings = get_service_settings()
+    if settings.should_auto_migrate:
+        migrate.upgrade(settings.resolved_database_url)
+    celery = sender.app if sender is not None else None
+    if celery is None:
+        return
+
+    def loop() -> None:
+        while True:
+            try:
+                sweep_orphans(celery, settings)
+            except Exception:
+                log.warning("orphan sweep failed", exc_info=True)
+            if _sweeper_stop.wait(settings.stale_after_seconds):
+                return
+
+    threading.Thread(target=loop, name="kdaudit-orphan-sweep", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    _sweeper_stop.set()
