@@ -12,9 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kdaudit.core.errors import InputError
 
-AttackName = Literal["normal_kd", "skeptical"]
+AttackName = Literal[
+    "normal_kd", "skeptical",
+    "datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical",
+]
 #: attacks that train a student; `skeptical_e` is an evaluation of the skeptical student
-TRAINED_ATTACKS: tuple[str, ...] = ("normal_kd", "skeptical")
+TRAINED_ATTACKS: tuple[str, ...] = (
+    "normal_kd", "skeptical",
+    "datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical",
+)
+#: attacks that never see the thief's data: a generator synthesises the queries (distill/datafree.py)
+DATA_FREE_ATTACKS: tuple[str, ...] = ("datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical")
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "npz"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -53,6 +61,42 @@ class SkepticalSettings(BaseModel):
     gamma_ce: float = Field(default=1.0, ge=0)
 
 
+class DataFreeSettings(BaseModel):
+    """Data-free attackers (ZSKT, Micaelli & Storkey 2019; DFAD, Fang et al. 2019).
+
+    Defaults are the papers' (ZSKT: Adam 1e-3 generator / 2e-3 student as in the official
+    run names, 1 generator : 10 student steps on each pseudo batch, beta_AT 250, KL at tau 1,
+    batch 128, latent 100; DFAD: SGD 0.1 student / Adam 1e-3 generator, 5 student : 1
+    generator steps, batch 256, latent 256). Fields left `None` take the attack's paper value
+    or, for `iterations`, the dataset's default (distill/datafree.py). `budget` caps the images
+    sent to the teacher per run (one attack x student x seed); every query is counted,
+    including the held-out generated samples used to pick the checkpoint.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: int | None = Field(default=None, ge=1, description="Teacher queries (images) per run; None = no cap.")
+    iterations: int | None = Field(default=None, ge=1, le=10_000_000, description="Generator/student rounds; None = dataset default (or what the budget allows).")
+    batch_size: int | None = Field(default=None, ge=2, le=8192, description="None = paper default (ZSKT 128, DFAD 256).")
+    latent_dim: int | None = Field(default=None, ge=1, le=4096, description="None = paper default (ZSKT 100, DFAD 256).")
+    generator_lr: float = Field(default=1e-3, gt=0, le=10)
+    zskt_student_lr: float = Field(default=2e-3, gt=0, le=10, description="Adam, cosine-annealed.")
+    dfad_student_lr: float = Field(default=0.1, gt=0, le=10, description="SGD momentum 0.9, wd 5e-4, cosine-annealed.")
+    zskt_generator_steps: int = Field(default=1, ge=1, le=100)
+    zskt_student_steps: int = Field(default=10, ge=1, le=100)
+    dfad_generator_steps: int = Field(default=1, ge=1, le=100)
+    dfad_student_steps: int = Field(default=5, ge=1, le=100)
+    dfad_teacher_gradient: bool = Field(
+        default=False,
+        description="Let DFAD's generator backpropagate through the teacher, as the official DFAD code does "
+        "(needs a differentiable PyTorch teacher; the run is then grey-box, not black-box).",
+    )
+    beta_at: float = Field(default=250.0, ge=0, description="Weight of ZSKT's attention-transfer term (per matched stage).")
+    kl_temperature: float = Field(default=1.0, gt=0, le=100, description="Temperature of ZSKT's KL(T||S).")
+    checkpoints: int = Field(default=20, ge=1, le=1000, description="Evaluation points (progress 'epochs'); one checkpoint candidate each.")
+    selection_samples: int = Field(default=256, ge=10, le=100_000, description="Held-out generated images per checkpoint for selection (teacher-labelled, never trained on).")
+
+
 class AuditConfig(BaseModel):
     """Everything that determines an audit's numbers (besides the teacher file itself)."""
 
@@ -74,6 +118,7 @@ class AuditConfig(BaseModel):
     )
     kd: KDSettings = Field(default_factory=KDSettings)
     skeptical: SkepticalSettings = Field(default_factory=SkepticalSettings)
+    datafree: DataFreeSettings = Field(default_factory=DataFreeSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 
 SCHEMA = "kdaudit.report/v1"
 Verdict = Literal["leaks", "resists", "inconclusive"]
+Setting = Literal["data_available", "data_free"]
+Access = Literal["white_box", "grey_box", "black_box"]
 MIN_EFFECT_PTS = 0.5
 VERDICT_RULE = (
     "noise = 2 x max(std of the attack, std of scratch) over seeds; "
@@ -62,6 +64,8 @@ class AttackResult(BaseModel):
     delta_base: float = Field(description="Student mean minus scratch mean, percentage points.")
     teacher_queries: int = Field(description="Images sent to the teacher, summed over seeds.")
     seconds: float
+    setting: Setting | None = Field(default=None, description="data_available (the thief has task images) or data_free.")
+    access: Access | None = Field(default=None, description="What the attack needs from the teacher: output vectors (black_box), also activations (grey_box), or weights (white_box).")
 
 
 class RunRecord(BaseModel):
@@ -76,6 +80,9 @@ class RunRecord(BaseModel):
     val_curve: list[float]
     teacher_queries: int
     seconds: float
+    setting: Setting | None = None
+    access: Access | None = None
+    selection: str | None = Field(default=None, description="How the checkpoint was chosen, when not by validation accuracy.")
 
 
 class StudentSummary(BaseModel):

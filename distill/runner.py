@@ -20,8 +20,9 @@ from torch import nn
 
 import kdaudit
 from kdaudit.core.errors import CancelledError, InputError
-from kdaudit.distill.config import AuditConfig
+from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig
 from kdaudit.distill.data import Splits, load_splits
+from kdaudit.distill.datafree import access_of, check_teacher, plan_datafree, train_datafree
 from kdaudit.distill.report import (
     AccuracyStats,
     AttackResult,
@@ -42,7 +43,7 @@ from kdaudit.models.multi_exit import MultiExitNet
 
 @dataclass(frozen=True)
 class RunSpec:
-    kind: str  # scratch | normal_kd | skeptical
+    kind: str  # scratch | normal_kd | skeptical | datafree_* (distill/datafree.py)
     student: str
     seed: int
 
@@ -83,6 +84,15 @@ def teacher_accuracy(teacher: nn.Module, splits: Splits) -> float:
     return accuracy(logits, splits.y_test)
 
 
+def attack_setting(kind: str, config: AuditConfig | None = None) -> tuple[str | None, str | None]:
+    """(setting, access) of a run kind: data-free attacks by family; KD variants use output vectors only."""
+    if kind in DATA_FREE_ATTACKS:
+        return "data_free", access_of(kind, config.datafree if config else None)
+    if kind in ("normal_kd", "skeptical"):
+        return "data_available", "black_box"
+    return None, None
+
+
 def _record(result: MemberResult, splits: Splits) -> RunRecord:
     m, model = result.member, result.model
     exits: dict[str, float] = {}
@@ -101,6 +111,9 @@ def _record(result: MemberResult, splits: Splits) -> RunRecord:
         val_curve=result.val_curve,
         teacher_queries=result.teacher_queries,
         seconds=result.seconds,
+        setting=attack_setting(m.kind)[0],
+        access=result.extra.get("access", attack_setting(m.kind)[1]),
+        selection=result.extra.get("selection_rule"),
     )
 
 
@@ -127,6 +140,10 @@ def run_audit(
     teacher = teacher.to(device) if not getattr(teacher, "is_remote", False) else teacher
     teacher.eval()
     teacher_acc = teacher_accuracy(teacher, splits)
+    for attack in config.attacks:
+        if attack in DATA_FREE_ATTACKS:
+            check_teacher(attack, teacher, config.datafree)  # ZSKT on a feature-less teacher fails before any training
+            plan_datafree(attack, config.datafree, config.dataset)  # and so does a budget too small to run
 
     runs = plan_runs(config)
     index = {r.key: i for i, r in enumerate(runs)}
@@ -137,7 +154,8 @@ def run_audit(
         todo = [r for r in runs if r.seed == seed and r.key not in records]
         if not todo:
             continue
-        members = [Member(r.key, r.kind, r.student, seed) for r in todo]  # type: ignore[arg-type]
+        cohort_todo = [r for r in todo if r.kind not in DATA_FREE_ATTACKS]
+        members = [Member(r.key, r.kind, r.student, seed) for r in cohort_todo]  # type: ignore[arg-type]
         for m in members:
             emit(ProgressEvent("run_started", m.key, index[m.key], len(runs), 0, config.schedule.epochs, None))
 
@@ -146,15 +164,29 @@ def run_audit(
             if should_cancel is not None and should_cancel():
                 raise CancelledError("the audit was cancelled")
 
-        cohort = Cohort(
-            members, splits, config.schedule,
-            reference=teacher, kd=config.kd, skeptical=config.skeptical, device=device, stream_seed=seed,
-        )
-        for result in cohort.train(on_epoch):
+        if members:
+            cohort = Cohort(
+                members, splits, config.schedule,
+                reference=teacher, kd=config.kd, skeptical=config.skeptical, device=device, stream_seed=seed,
+            )
+            for result in cohort.train(on_epoch):
+                rec = _record(result, splits)
+                records[result.member.key] = rec
+                emit(ProgressEvent("run_finished", rec_key(rec), index[rec_key(rec)], len(runs),
+                                   config.schedule.epochs, config.schedule.epochs, rec.val_curve[rec.best_epoch - 1], rec))
+
+        # data-free runs: no thief data; one at a time, each checkpoint is a progress "epoch"
+        for r in (r for r in todo if r.kind in DATA_FREE_ATTACKS):
+            checkpoints = plan_datafree(r.kind, config.datafree, config.dataset).checkpoints
+            emit(ProgressEvent("run_started", r.key, index[r.key], len(runs), 0, checkpoints, None))
+            result = train_datafree(
+                r.kind, r.student, seed, splits, teacher, config.datafree,
+                kd=config.kd, skeptical=config.skeptical, device=device, key=r.key, on_checkpoint=on_epoch,
+            )
             rec = _record(result, splits)
-            records[result.member.key] = rec
-            emit(ProgressEvent("run_finished", rec_key(rec), index[rec_key(rec)], len(runs),
-                               config.schedule.epochs, config.schedule.epochs, rec.val_curve[rec.best_epoch - 1], rec))
+            records[r.key] = rec
+            emit(ProgressEvent("run_finished", r.key, index[r.key], len(runs), checkpoints, checkpoints,
+                               rec.val_curve[rec.best_epoch - 1], rec))
 
     return assemble_report(config, runs, records, splits, teacher_acc, teacher_sha256, device, time.perf_counter() - started)
 
@@ -185,8 +217,9 @@ def assemble_report(
         for attack in config.attacks:
             recs = [records[r.key] for r in runs if r.kind == attack and r.student == student]
             variants = [(attack, [x.test_accuracy for x in recs])]
-            if attack == "skeptical":
-                variants.append(("skeptical_e", [x.exit_accuracies["ensemble"] for x in recs]))
+            if attack == "skeptical" or attack.endswith("_skeptical"):
+                variants.append((f"{attack}_e", [x.exit_accuracies["ensemble"] for x in recs]))
+            setting, access = attack_setting(attack, config)
             for name, values in variants:
                 stats = AccuracyStats.of(values)
                 attacks.append(AttackResult(
@@ -196,6 +229,8 @@ def assemble_report(
                     delta_base=round(stats.mean - scratch[student].mean, 3),
                     teacher_queries=sum(x.teacher_queries for x in recs),
                     seconds=round(sum(x.seconds for x in recs), 3),
+                    setting=setting,  # type: ignore[arg-type]
+                    access=access,  # type: ignore[arg-type]
                 ))
 
     best, verdict = decide_verdict(scratch, attacks)

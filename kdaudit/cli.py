@@ -34,7 +34,7 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--data-root", type=Path, help="folder with mnist.npz / cifar10_jpeg.npz")
     a.add_argument("--format", choices=["safetensors", "onnx", "pytorch"], help="teacher format (default: detected)")
     a.add_argument("--students", type=_csv, default=["cnn-4-8-8-16"], help="student architectures, comma-separated")
-    a.add_argument("--attacks", type=_csv, default=["normal_kd", "skeptical"], help="normal_kd,skeptical")
+    a.add_argument("--attacks", type=_csv, default=["normal_kd", "skeptical"], help="comma-separated: normal_kd, skeptical, datafree_zskt, datafree_zskt_skeptical, datafree_dfad, datafree_dfad_skeptical")
     a.add_argument("--seeds", type=int, default=2)
     a.add_argument("--fraction", type=float, default=1.0, help="share of the training set the thief has")
     a.add_argument("--epochs", type=int, help="student epochs (default 40)")
@@ -43,6 +43,10 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--temperature", type=float, help="KD temperature tau (default 4)")
     a.add_argument("--alpha", type=float, help="KD soft-loss weight (default 0.9)")
     a.add_argument("--ac-stage", type=int, help="stage (1-3) whose exit takes the teacher loss in the skeptical student")
+    a.add_argument("--budget", type=int, help="data-free attacks: cap on teacher queries (images) per run")
+    a.add_argument("--df-iterations", type=int, help="data-free attacks: generator/student rounds (default: dataset's)")
+    a.add_argument("--dfad-teacher-gradient", action="store_true",
+                   help="DFAD: let the generator backpropagate through the teacher (official DFAD; grey-box, not ONNX)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     a.add_argument("--out", type=Path, default=Path("report.json"))
     a.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -70,10 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdaudit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_engine_commands(sub)
-    from kdaudit import demo, service_cli
+    from kdaudit import demo, render_cli, service_cli
 
     demo.register_demo(sub)
     service_cli.register(sub)
+    render_cli.register(sub)
     return parser
 
 
@@ -83,6 +88,8 @@ def _audit_config(args: argparse.Namespace):
     schedule = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
     kd = {k: v for k, v in {"temperature": args.temperature, "alpha": args.alpha}.items() if v is not None}
     skeptical = {"ac_stage": args.ac_stage} if args.ac_stage is not None else {}
+    datafree = {k: v for k, v in {"budget": args.budget, "iterations": args.df_iterations,
+                                  "dfad_teacher_gradient": args.dfad_teacher_gradient or None}.items() if v is not None}
     return AuditConfig(
         teacher_arch=args.arch,
         dataset=args.dataset,
@@ -95,6 +102,7 @@ def _audit_config(args: argparse.Namespace):
         schedule=schedule,
         kd=kd,
         skeptical=skeptical,
+        datafree=datafree,
     )
 
 

@@ -137,11 +137,16 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"[bold]kdaudit demo[/]  service at {url}  (state in {data_dir})")
 
         nasty_path, normal_path = out / "teacher-nasty.safetensors", out / "teacher-normal.safetensors"
-        with console.status("training the demo teachers on digits (nasty teacher + its normal twin)..."):
+        console.print("training the demo teachers on digits (a nasty teacher and its normal twin), then checking "
+                      "that the nasty one really is nasty with probe students...")
+        from kdaudit.cli_render import protect_progress
+
+        with protect_progress(enabled=True) as on_epoch:
             protected = protect_teacher(
-                ProtectConfig(dataset="digits", seed=0, out=nasty_path, normal_out=normal_path),
-                progress=None,
+                ProtectConfig(dataset="digits", seed=0, out=nasty_path, normal_out=normal_path), progress=on_epoch
             )
+        if protected.verification is not None:
+            console.print(("verified: " if protected.verification.is_nasty else "WARNING: ") + protected.verification.explanation)
         protected_arch = ProtectConfig(dataset="digits").arch
         console.print(
             f"teachers: nasty {protected.nasty_accuracy:.2f}%  normal {protected.normal_accuracy:.2f}% test accuracy"

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -145,6 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level.lower())
     finally:
+        # a second SIGTERM during shutdown must not interrupt stopping the worker child
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if worker is not None:
             stop_process(worker)
     return 0
@@ -308,6 +310,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     with _client(args) as c:
         doc = c.report(args.audit_id)
     text = json.dumps(doc, indent=2)
+    if getattr(args, "html", None):
+        from kdaudit.render_cli import write_html
+
+        verdict = write_html(doc, args.html, audit_id=args.audit_id)
+        if str(args.html) != "-":
+            print(f"kdaudit: report page written to {args.html} (verdict: {verdict})", file=sys.stderr)
+        if not args.output:
+            return 0
     if args.output and str(args.output) != "-":
         Path(args.output).write_text(text + "\n")
         s = doc.get("summary", {})
@@ -345,6 +355,8 @@ def _data_parent() -> argparse.ArgumentParser:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from kdaudit.distill.config import AttackName
+
     """Add serve, worker, migrate, keys, upload, submit, status, report and cancel."""
     data = _data_parent()
     client = _client_parent()
@@ -392,7 +404,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("submit", parents=[client], help="queue an audit of an uploaded teacher")
     p.add_argument("teacher_id")
-    p.add_argument("--attacks", nargs="+", choices=["normal_kd", "skeptical"])
+    p.add_argument("--attacks", nargs="+", choices=list(get_args(AttackName)))
     p.add_argument("--students", nargs="+")
     p.add_argument("--seeds", type=int)
     p.add_argument("--epochs", type=int)
@@ -411,6 +423,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("report", parents=[client], help="download an audit's report JSON")
     p.add_argument("audit_id")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p.add_argument("--html", metavar="OUT_HTML", help="also (or only, without -o) write the report as a self-contained HTML page")
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser("cancel", parents=[client], help="cancel an audit")

@@ -77,6 +77,21 @@ _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 _MAX_PICKLE_BYTES = 16 * 1024 * 1024  # data.pkl of a ResNet-50 state_dict is ~30 KB
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 _FEW = 3
+#: torch.save writes stored (uncompressed) entries; a compressed entry that expands more than
+#: this is refused as a zip bomb before anything decompresses it
+_MAX_ZIP_RATIO = 50
+_ZIP_SLACK = 64 * 1024 * 1024
+
+
+class CheckpointLimitError(CheckpointError):
+    """A file over one of the configured limits. `limit` names the setting (e.g. 'max_parameters')."""
+
+    def __init__(self, message: str, limit: str, limit_value: int, requested: int | None = None) -> None:
+        super().__init__(message)
+        self.limit, self.limit_value, self.requested = limit, int(limit_value), requested
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"limit": self.limit, "limit_value": self.limit_value, "requested": self.requested}
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
@@ -113,8 +128,11 @@ def _check_size(path: Path, settings: Settings) -> int:
     if st.st_size == 0:
         raise CheckpointError("file is empty")
     if st.st_size > settings.max_upload_bytes:
-        raise CheckpointError(
-            f"file is {st.st_size:,} bytes, over the upload limit of {settings.max_upload_bytes:,} bytes"
+        raise CheckpointLimitError(
+            f"file is {st.st_size:,} bytes, over the upload limit of {settings.max_upload_bytes:,} bytes",
+            "max_upload_bytes",
+            settings.max_upload_bytes,
+            st.st_size,
         )
     return st.st_size
 
@@ -202,13 +220,38 @@ def _reject_foreign_globals(globals_: list[str]) -> None:
         )
 
 
-def _inspect_zip(path: Path) -> Format:
+def _check_zip_bomb(path: Path, infos: list[zipfile.ZipInfo], settings: Settings | None) -> None:
+    """Refuse archives that expand far beyond what a state_dict needs, from the central directory
+    alone (nothing is decompressed): torch.save stores entries uncompressed."""
+    settings = settings or get_settings()
+    total = sum(max(i.file_size, 0) for i in infos)
+    packed = sum(max(i.compress_size, 0) for i in infos)
+    budget = settings.max_parameters * 8 + _ZIP_SLACK  # one float64 copy of the allowed values
+    for i in infos:
+        if i.compress_type != zipfile.ZIP_STORED and i.file_size > 1024 * 1024:
+            ratio = i.file_size / max(i.compress_size, 1)
+            if ratio > _MAX_ZIP_RATIO:
+                raise CheckpointError(
+                    f"zip archive entry {_one_line(i.filename, 60)!r} expands {ratio:,.0f}:1 "
+                    f"({i.compress_size:,} -> {i.file_size:,} bytes): refusing a zip bomb"
+                )
+    if total > budget:
+        raise CheckpointLimitError(
+            f"zip archive expands to {total:,} bytes (from {packed:,}), more than a state_dict within the "
+            f"parameter limit of {settings.max_parameters:,} values can need: refusing a zip bomb",
+            "max_parameters",
+            settings.max_parameters,
+        )
+
+
+def _inspect_zip(path: Path, settings: Settings | None = None) -> Format:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             names = [i.filename for i in infos]
             if len(names) > 100_000:
                 raise CheckpointError("zip archive has too many entries to be a PyTorch checkpoint")
+            _check_zip_bomb(path, infos, settings)
             if any(n.endswith("constants.pkl") or n.startswith("code/") or "/code/" in n for n in names):
                 raise CheckpointError(
                     "file is a TorchScript archive (torch.jit.save); TorchScript carries code and is not "
@@ -279,6 +322,42 @@ def _looks_like_old_pickle(head: bytes) -> bool:
     return ops[-1:] == ["STOP"] and any(o in ("GLOBAL", "INST", "REDUCE", "OBJ") for o in ops)
 
 
+#: magic bytes of common files that are not accepted model formats -> what to call them
+_NON_MODEL_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "a PNG image"),
+    (b"\xff\xd8\xff", 0, "a JPEG image"),
+    (b"GIF8", 0, "a GIF image"),
+    (b"%PDF-", 0, "a PDF document"),
+    (b"\x7fELF", 0, "an ELF executable or shared library"),
+    (b"MZ", 0, "a Windows executable"),
+    (b"\xcf\xfa\xed\xfe", 0, "a Mach-O executable"),
+    (b"#!", 0, "a script"),
+    (b"\x93NUMPY", 0, "a NumPy .npy array (save the model's state_dict with safetensors instead)"),
+    (b"\x89HDF\r\n\x1a\n", 0, "an HDF5 file (a Keras/TensorFlow .h5 model?)"),
+    (b"ustar", 257, "a tar archive"),
+    (b"7z\xbc\xaf\x27\x1c", 0, "a 7-Zip archive"),
+    (b"BZh", 0, "a bzip2-compressed file"),
+    (b"\xfd7zXZ\x00", 0, "an xz-compressed file"),
+    (b"\x28\xb5\x2f\xfd", 0, "a zstd-compressed file"),
+    (b"Rar!\x1a\x07", 0, "a RAR archive"),
+    (b"SQLite format 3\x00", 0, "an SQLite database"),
+    (b"GGUF", 0, "a GGUF (llama.cpp) model"),
+)
+
+
+def _known_non_model(head: bytes) -> str | None:
+    for magic, offset, what in _NON_MODEL_MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return what
+    if head[:1] in (b"{", b"[") and head.lstrip()[:1] in (b"{", b"["):
+        try:
+            json.loads(head.decode("utf-8"))
+            return "a JSON document"
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return None
+
+
 _ONNX_SECOND_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA}
 
 
@@ -294,7 +373,7 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return 2 <= n and head[8:9] == b"{"
 
 
-def detect_format(path: str | os.PathLike[str]) -> Format:
+def detect_format(path: str | os.PathLike[str], settings: Settings | None = None) -> Format:
     """Format by magic bytes. Raises CheckpointError for unknown files, TorchScript and full pickles."""
     path = Path(path)
     try:
@@ -306,7 +385,7 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
     if not head:
         raise CheckpointError("file is empty")
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return _inspect_zip(path)
+        return _inspect_zip(path, settings)
     if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
         return _inspect_pickle(path, size)
     if _looks_like_safetensors(head):
@@ -317,6 +396,11 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
         return _inspect_pickle(path, size)
     if head.startswith(b"\x1f\x8b"):
         raise CheckpointError("file is gzip-compressed; upload the uncompressed model file")
+    known = _known_non_model(head)
+    if known:
+        raise CheckpointError(
+            f"file is {known}, not model weights (expected safetensors, ONNX or a PyTorch state_dict)"
+        )
     try:
         head.decode("utf-8")
         is_text = all(c >= 32 or c in (9, 10, 13) for c in head)
@@ -390,9 +474,12 @@ def check_safetensors_header(path: Path, settings: Settings) -> dict[str, dict[s
             )
         total += numel
         if total > settings.max_parameters:
-            raise CheckpointError(
+            raise CheckpointLimitError(
                 f"safetensors header declares more than {settings.max_parameters:,} values "
-                f"(tensor {name!r} has shape {tuple(shape)}); over the parameter limit"
+                f"(tensor {name!r} has shape {tuple(shape)}); over the parameter limit",
+                "max_parameters",
+                settings.max_parameters,
+                total,
             )
         spans.append((offsets[0], offsets[1], name))
         tensors[name] = spec
@@ -458,8 +545,11 @@ def normalise_state_dict(obj: Any, max_parameters: int | None = None) -> dict[st
     if max_parameters is not None:
         total = sum(v.numel() for v in sd.values())
         if total > max_parameters:
-            raise CheckpointError(
-                f"file holds {total:,} values, over the parameter limit of {max_parameters:,}"
+            raise CheckpointLimitError(
+                f"file holds {total:,} values, over the parameter limit of {max_parameters:,}",
+                "max_parameters",
+                max_parameters,
+                total,
             )
     return sd
 
@@ -477,7 +567,12 @@ def _build(arch: str, num_classes: int, in_channels: int, settings: Settings) ->
         raise CheckpointError(str(e)) from None
     n = sum(p.numel() for p in model.parameters())
     if n > settings.max_parameters:
-        raise CheckpointError(f"{arch} has {n:,} parameters, over the limit of {settings.max_parameters:,}")
+        raise CheckpointLimitError(
+            f"{arch} has {n:,} parameters, over the parameter limit of {settings.max_parameters:,}",
+            "max_parameters",
+            settings.max_parameters,
+            n,
+        )
     return model
 
 
@@ -625,7 +720,9 @@ def _run_loader(args: list[str], settings: Settings, workdir: Path) -> dict[str,
             close_fds=True,
         )
     except subprocess.TimeoutExpired:
-        raise CheckpointError(f"loading the file took longer than {wall} s and was stopped") from None
+        raise CheckpointLimitError(
+            f"loading the file took longer than {wall} s and was stopped", "loader_cpu_seconds", cpu
+        ) from None
     except OSError as e:
         raise CheckpointError(f"cannot start the loader process: {e.strerror or e}") from None
     result: dict[str, Any] | None = None
@@ -634,12 +731,18 @@ def _run_loader(args: list[str], settings: Settings, workdir: Path) -> dict[str,
     except (OSError, ValueError):
         result = None
     if isinstance(result, dict) and result.get("ok") is False:
-        raise CheckpointError(_one_line(result.get("error", "loader failed")))
+        message = _one_line(result.get("error", "loader failed"))
+        limit = result.get("limit")
+        if isinstance(limit, dict) and isinstance(limit.get("limit"), str):
+            raise CheckpointLimitError(message, limit["limit"], limit.get("limit_value") or 0, limit.get("requested"))
+        raise CheckpointError(message)
     if isinstance(result, dict) and result.get("ok") is True and proc.returncode == 0:
         return result
     rc = proc.returncode
     if rc in (-signal.SIGXCPU, -signal.SIGKILL):
-        raise CheckpointError(f"loading the file used more than the {cpu} s CPU limit or was killed")
+        raise CheckpointLimitError(
+            f"loading the file used more than the {cpu} s CPU limit or was killed", "loader_cpu_seconds", cpu
+        )
     if rc == -signal.SIGXFSZ:
         raise CheckpointError("loading the file produced more data than allowed")
     stderr = (proc.stderr or b"").decode("utf-8", "replace")
@@ -653,7 +756,9 @@ def _run_loader(args: list[str], settings: Settings, workdir: Path) -> dict[str,
             "out of memory",
         )
     ):
-        raise CheckpointError(f"loading the file needed more than the {memory:,}-byte memory limit")
+        raise CheckpointLimitError(
+            f"loading the file needed more than the {memory:,}-byte memory limit", "loader_memory_bytes", memory
+        )
     if rc is not None and rc < 0:
         raise CheckpointError(f"the loader process crashed (signal {-rc}) on this file")
     last = next((ln for ln in reversed(stderr.strip().splitlines()) if ln.strip()), "no details")
@@ -737,7 +842,12 @@ class OnnxTeacher(nn.Module):
             _check_size(path, settings)
             data = path.read_bytes()
         if len(data) > settings.max_upload_bytes:
-            raise CheckpointError(f"ONNX model is {len(data):,} bytes, over the upload limit")
+            raise CheckpointLimitError(
+                f"ONNX model is {len(data):,} bytes, over the upload limit of {settings.max_upload_bytes:,} bytes",
+                "max_upload_bytes",
+                settings.max_upload_bytes,
+                len(data),
+            )
         try:
             import numpy as np
             import onnx
@@ -761,8 +871,12 @@ class OnnxTeacher(nn.Module):
                     )
         self.num_parameters = int(sum(math.prod(t.dims) for t in inits))
         if self.num_parameters > settings.max_parameters:
-            raise CheckpointError(
-                f"ONNX model has {self.num_parameters:,} weights, over the limit of {settings.max_parameters:,}"
+            raise CheckpointLimitError(
+                f"ONNX model has {self.num_parameters:,} weights, over the parameter limit of "
+                f"{settings.max_parameters:,}",
+                "max_parameters",
+                settings.max_parameters,
+                self.num_parameters,
             )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -871,9 +985,9 @@ def _normalise_fmt(fmt: str | None) -> Format | None:
     return norm  # type: ignore[return-value]
 
 
-def _resolve_format(path: Path, fmt: str | None) -> Format:
+def _resolve_format(path: Path, fmt: str | None, settings: Settings | None = None) -> Format:
     fmt = _normalise_fmt(fmt)
-    detected = detect_format(path)
+    detected = detect_format(path, settings)
     if fmt is not None and fmt != detected:
         raise CheckpointError(f"file was declared as {fmt} but its content is {detected}")
     return detected
@@ -890,7 +1004,7 @@ def _load_local(
     onnx_threads: int | None = None,
 ) -> tuple[nn.Module, Format]:
     _check_size(path, settings)
-    detected = _resolve_format(path, fmt)
+    detected = _resolve_format(path, fmt, settings)
     if detected == "onnx":
         return OnnxTeacher(path, num_classes, in_channels, settings=settings, threads=onnx_threads), detected
     if detected == "safetensors":
@@ -1032,6 +1146,7 @@ __all__ = [
     "Format",
     "OnnxTeacher",
     "TeacherFileInfo",
+    "CheckpointLimitError",
     "check_safetensors_header",
     "detect_format",
     "load_teacher",

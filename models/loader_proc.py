@@ -4,6 +4,9 @@
     python -m kdaudit.models.loader_proc validate SRC --arch A --num-classes K --in-channels C
         [--fmt F] --settings JSON --result R --limits M,C,F
 
+The child has no network (`_deny_network`: an empty network namespace where the kernel
+allows it, and a socket module that refuses to connect either way).
+
 `convert` runs `torch.load(weights_only=True)` on a PyTorch state_dict file and writes its
 tensors to DST (safetensors). `validate` runs the whole of `validate_teacher_file` here.
 Either way the answer is one JSON object in R: `{"ok": true, ...}` or
@@ -26,6 +29,38 @@ def _write(result_path: str, payload: dict) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(payload, f)
     os.replace(tmp, result_path)
+
+
+def _deny_network() -> str:
+    """Cut this process off the network before it parses anything.
+
+    1. Where the kernel allows unprivileged user namespaces, move into a new, empty network
+       namespace (only a down loopback: no route anywhere). Must run while single-threaded,
+       i.e. before torch is imported.
+    2. In any case, Python's socket API refuses to connect, bind, send or resolve names.
+    Returns "netns" or "sockets-only" (what held), for tests and logs.
+    """
+    how = "sockets-only"
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            clone_newuser, clone_newnet = 0x10000000, 0x40000000
+            if libc.unshare(clone_newuser | clone_newnet) == 0:
+                how = "netns"
+        except Exception:
+            pass
+    import socket
+
+    def _refuse(*_a, **_k):
+        raise OSError(101, "network access is disabled in the kdaudit loader process")
+
+    for name in ("connect", "connect_ex", "bind", "sendto", "sendmsg", "listen"):
+        setattr(socket.socket, name, _refuse)
+    for name in ("create_connection", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "create_server"):
+        setattr(socket, name, _refuse)
+    return how
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError):
             pass
 
+    _deny_network()
+
     # Heavy imports only after the limits are in place.
     from pathlib import Path
 
@@ -80,12 +117,18 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.src), args.arch, args.num_classes, args.in_channels, args.fmt, settings
             )
             _write(args.result, {"ok": True, "info": asdict(info)})
+    except checkpoints.CheckpointLimitError as e:
+        _write(args.result, {"ok": False, "error": str(e), "limit": e.as_dict()})
     except KdauditError as e:
         _write(args.result, {"ok": False, "error": str(e)})
     except MemoryError:
         _write(
             args.result,
-            {"ok": False, "error": f"loading the file needed more than the {memory:,}-byte memory limit"},
+            {
+                "ok": False,
+                "error": f"loading the file needed more than the {memory:,}-byte memory limit",
+                "limit": {"limit": "loader_memory_bytes", "limit_value": memory, "requested": None},
+            },
         )
     except RecursionError:
         _write(args.result, {"ok": False, "error": "file is nested too deeply to load"})

@@ -29,6 +29,7 @@ _TITLES = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -75,7 +76,16 @@ def problem_response(
         body["detail"] = detail
     body["instance"] = request.url.path
     body.update(extra)
+    rid = request_id_of(request)
+    if rid:
+        body["request_id"] = rid
+        headers = {**(headers or {}), "X-Request-ID": rid}
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def request_id_of(request: Request) -> str | None:
+    """The id the request-id middleware gave this request (None outside it)."""
+    return (request.scope.get("state") or {}).get("request_id")
 
 
 def install(app: FastAPI) -> None:
@@ -109,5 +119,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(request, 500, "internal error; the server log has the details", slug="internal")
+        rid = request_id_of(request)
+        log.exception("unhandled error on %s %s [request_id=%s]", request.method, request.url.path, rid)
+        detail = "internal error; the server log has the details" + (f" (request id {rid})" if rid else "")
+        return problem_response(request, 500, detail, slug="internal")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
-from pathlib import Path
-from typing import Any
+from pathlib import Path as FsPath
+from typing import Annotated, Any
 
 from celery import Celery
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -18,9 +19,10 @@ from starlette.requests import ClientDisconnect
 
 from kdaudit.core.errors import CheckpointError, KdauditError
 from kdaudit.service.auth import current_tenant
-from kdaudit.service.deps import get_celery, get_files, get_session, get_settings
+from kdaudit.service.deps import get_celery, get_files, get_session, get_settings, reject_unknown_query
+from kdaudit.service.limits import check_audit_plan, limit_problem
 from kdaudit.service.problems import Problem
-from kdaudit.service.schemas import AuditCreate, AuditList, AuditOut, TeacherList, TeacherOut
+from kdaudit.service.schemas import ID_PATTERN, AuditCreate, AuditList, AuditOut, TeacherList, TeacherOut
 from kdaudit.store import repo
 from kdaudit.store.files import FileStore
 from kdaudit.store.models import Audit, Tenant
@@ -28,12 +30,32 @@ from kdaudit.store.settings import ServiceSettings
 from kdaudit.workers.app import TASK_RUN_AUDIT
 
 log = logging.getLogger("kdaudit.api")
-router = APIRouter(prefix="/v1", dependencies=[Depends(current_tenant)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(current_tenant), Depends(reject_unknown_query)])
 
 #: room for the multipart envelope and the small form fields around the file
 FORM_OVERHEAD = 1 << 20
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,12}$")
 _MAX_PAGE = 100
+_MAX_OFFSET = 1_000_000
+
+#: error statuses every /v1 operation can answer (documented as problem+json in OpenAPI)
+_COMMON = {401: "Missing or invalid API key", 422: "Invalid request", 429: "Rate limit exceeded (`limit` names it)"}
+
+
+def _errors(**extra: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses of one operation (bodies: problem+json)."""
+    out: dict[int | str, dict[str, Any]] = {code: {"description": d} for code, d in _COMMON.items()}
+    for code, description in extra.items():
+        out[int(code.lstrip("_"))] = {"description": description}
+    return out
+
+
+AuditId = Annotated[
+    str, Path(description="Audit id (from POST /v1/audits).", min_length=1, max_length=64, pattern=ID_PATTERN)
+]
+TeacherId = Annotated[
+    str, Path(description="Teacher id (from POST /v1/teachers).", min_length=1, max_length=64, pattern=ID_PATTERN)
+]
 
 
 class _TooLarge(Exception):
@@ -56,7 +78,36 @@ def _limited_receive(receive, limit: int):
 
 
 def _too_large(limit: int) -> Problem:
-    return Problem(413, f"the teacher file is larger than the limit of {limit} bytes", slug="upload-too-large", max_bytes=limit)
+    return limit_problem(
+        413,
+        "max_upload_bytes",
+        limit,
+        f"the teacher file is larger than the limit of {limit} bytes (max_upload_bytes)",
+        slug="upload-too-large",
+        max_bytes=limit,
+    )
+
+
+def _release_db(fn):
+    """For sync routes: end the session's transaction before the route returns, so that its
+    pooled connection is back in the pool while FastAPI serializes the response (that happens
+    in another threadpool thread). Holding it across that wait lets a burst of requests
+    deadlock: every thread waiting for a connection, every connection waiting for a thread."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        session = kwargs.get("session")
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            if session is not None:
+                session.rollback()
+            raise
+        if session is not None:
+            session.commit()
+        return result
+
+    return wrapper
 
 
 def _page_link(request: Request, offset: int, limit: int, total: int) -> str | None:
@@ -102,7 +153,11 @@ _UPLOAD_DOC: dict[str, Any] = {
     status_code=201,
     response_model=TeacherOut,
     openapi_extra=_UPLOAD_DOC,
-    responses={413: {"description": "File too large"}, 422: {"description": "Not a loadable checkpoint"}},
+    responses=_errors(
+        _413="File over max_upload_bytes, or weights over max_parameters (`limit` names it)",
+        _415="Not multipart/form-data",
+        _400="The client disconnected during the upload",
+    ),
 )
 async def upload_teacher(
     request: Request,
@@ -136,14 +191,20 @@ async def upload_teacher(
                 raise Problem(422, f"the form field `{name}` is required", slug="validation-error")
         arch, dataset, num_classes, in_channels, fmt = _teacher_fields(fields)
 
-        filename = Path(upload.filename or "teacher").name[:255] or "teacher"
-        suffix = Path(filename).suffix.lower()
+        filename = FsPath(upload.filename or "teacher").name[:255] or "teacher"
+        suffix = FsPath(filename).suffix.lower()
         tmp = files.new_temp(suffix=suffix if _SUFFIX.match(suffix) else "")
         try:
             sha, size = await _copy_limited(upload, tmp, limit)
             try:
                 info = await run_in_threadpool(_validate, tmp, arch, num_classes, in_channels, fmt, settings)
             except CheckpointError as e:
+                limit = getattr(e, "limit", None)  # CheckpointLimitError (kept duck-typed: no torch import here)
+                if isinstance(limit, str):
+                    status = 413 if limit in ("max_upload_bytes", "max_parameters") else 422
+                    raise limit_problem(
+                        status, limit, getattr(e, "limit_value", 0), f"{e} ({limit})", requested=getattr(e, "requested", None)
+                    ) from None
                 raise Problem(422, str(e), slug="invalid-checkpoint", title="Invalid checkpoint") from None
             files.adopt(tmp, sha)
         finally:
@@ -210,7 +271,7 @@ def _int_field(value: Any, name: str, default: int) -> int:
     return n
 
 
-async def _copy_limited(upload: UploadFile, dest: Path, limit: int) -> tuple[str, int]:
+async def _copy_limited(upload: UploadFile, dest: FsPath, limit: int) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
     with open(dest, "wb") as out:
@@ -225,18 +286,19 @@ async def _copy_limited(upload: UploadFile, dest: Path, limit: int) -> tuple[str
     return h.hexdigest(), size
 
 
-def _validate(path: Path, arch: str, num_classes: int, in_channels: int, fmt: str | None, settings: ServiceSettings):
+def _validate(path: FsPath, arch: str, num_classes: int, in_channels: int, fmt: str | None, settings: ServiceSettings):
     # parses the file in a separate, resource-limited process: never unpickle in the API process
     from kdaudit.models.checkpoints import validate_teacher_file
 
     return validate_teacher_file(path, arch, num_classes, in_channels, fmt=fmt, settings=settings)
 
 
-@router.get("/teachers", response_model=TeacherList)
+@router.get("/teachers", response_model=TeacherList, responses=_errors())
+@_release_db
 def list_teachers(
     request: Request,
     limit: int = Query(20, ge=1, le=_MAX_PAGE),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=_MAX_OFFSET),
     tenant: Tenant = Depends(current_tenant),
     session: Session = Depends(get_session),
 ) -> TeacherList:
@@ -250,8 +312,9 @@ def list_teachers(
     )
 
 
-@router.get("/teachers/{teacher_id}", response_model=TeacherOut)
-def get_teacher(teacher_id: str, tenant: Tenant = Depends(current_tenant), session: Session = Depends(get_session)):
+@router.get("/teachers/{teacher_id}", response_model=TeacherOut, responses=_errors(_404="No such teacher (of yours)"))
+@_release_db
+def get_teacher(teacher_id: TeacherId, tenant: Tenant = Depends(current_tenant), session: Session = Depends(get_session)):
     teacher = repo.get_teacher(session, tenant.id, teacher_id)
     if teacher is None:
         raise Problem(404, f"no teacher {teacher_id}", slug="not-found")
@@ -308,7 +371,18 @@ def _build_config(body: AuditCreate, teacher) -> dict[str, Any]:
         raise Problem(422, f"invalid audit configuration: {summary}", slug="validation-error", errors=errors) from None
 
 
-@router.post("/audits", status_code=202, response_model=AuditOut, responses={409: {}, 422: {}, 503: {}})
+@router.post(
+    "/audits",
+    status_code=202,
+    response_model=AuditOut,
+    responses=_errors(
+        _400="The body is not JSON",
+        _404="No such teacher (of yours)",
+        _413="Body over max_json_body_bytes",
+        _503="The job queue is unreachable; nothing was queued",
+    ),
+)
+@_release_db
 def submit_audit(
     body: AuditCreate,
     request: Request,
@@ -329,6 +403,9 @@ def submit_audit(
     config = _build_config(body, teacher)
     runs_total = len(plan_runs(AuditConfig.model_validate(config)))
     fingerprint = repo.request_fingerprint(body.model_dump(mode="json", exclude_none=True))
+    replay = idempotency_key is not None and repo.get_by_idempotency_key(session, tenant.id, idempotency_key)
+    if not replay:  # a replay returns the earlier audit even if limits changed since
+        check_audit_plan(config, runs_total, settings)
     try:
         audit, created = repo.create_audit(
             session,
@@ -339,7 +416,20 @@ def submit_audit(
             epochs=config["schedule"]["epochs"],
             request_hash=fingerprint,
             idempotency_key=idempotency_key,
+            max_active=settings.max_concurrent_audits_per_tenant,
         )
+    except repo.ActiveLimit as e:
+        active = e.args[0]
+        raise limit_problem(
+            429,
+            "max_concurrent_audits_per_tenant",
+            settings.max_concurrent_audits_per_tenant,
+            f"you already have {active} audits queued or running, the limit is "
+            f"{settings.max_concurrent_audits_per_tenant} (max_concurrent_audits_per_tenant); "
+            "wait for one to finish or cancel one",
+            requested=active + 1,
+            headers={"Retry-After": str(settings.retry_after_seconds * 6)},
+        ) from None
     except repo.IdempotencyConflict as e:
         raise Problem(
             422,
@@ -360,11 +450,12 @@ def submit_audit(
     return _audit_response(response, audit, settings)
 
 
-@router.get("/audits", response_model=AuditList)
+@router.get("/audits", response_model=AuditList, responses=_errors())
+@_release_db
 def list_audits(
     request: Request,
     limit: int = Query(20, ge=1, le=_MAX_PAGE),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=_MAX_OFFSET),
     status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
     tenant: Tenant = Depends(current_tenant),
     session: Session = Depends(get_session),
@@ -380,9 +471,10 @@ def list_audits(
     )
 
 
-@router.get("/audits/{audit_id}", response_model=AuditOut)
+@router.get("/audits/{audit_id}", response_model=AuditOut, responses=_errors(_404="No such audit (of yours)"))
+@_release_db
 def get_audit(
-    audit_id: str,
+    audit_id: AuditId,
     response: Response,
     tenant: Tenant = Depends(current_tenant),
     settings: ServiceSettings = Depends(get_settings),
@@ -394,10 +486,17 @@ def get_audit(
 
 @router.get(
     "/audits/{audit_id}/report",
-    responses={200: {"description": "The kdaudit.report/v1 document", "content": {"application/json": {}}}, 409: {}},
+    responses={
+        200: {
+            "description": "The kdaudit.report/v1 document",
+            "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+        },
+        **_errors(_404="No such audit (of yours)", _409="The audit has not succeeded (yet)"),
+    },
 )
+@_release_db
 def get_report(
-    audit_id: str,
+    audit_id: AuditId,
     tenant: Tenant = Depends(current_tenant),
     settings: ServiceSettings = Depends(get_settings),
     session: Session = Depends(get_session),
@@ -416,9 +515,15 @@ def get_report(
     return JSONResponse(row.body)
 
 
-@router.post("/audits/{audit_id}/cancel", status_code=202, response_model=AuditOut, responses={409: {}})
+@router.post(
+    "/audits/{audit_id}/cancel",
+    status_code=202,
+    response_model=AuditOut,
+    responses=_errors(_404="No such audit (of yours)", _409="The audit has already finished"),
+)
+@_release_db
 def cancel_audit(
-    audit_id: str,
+    audit_id: AuditId,
     response: Response,
     tenant: Tenant = Depends(current_tenant),
     settings: ServiceSettings = Depends(get_settings),

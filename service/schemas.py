@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kdaudit.distill.config import AttackName
 from kdaudit.store.models import Audit, Teacher
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+#: ids are uuid4 hex strings; anything outside this alphabet is refused (422) before a lookup
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ProblemDoc(BaseModel):
+    """RFC 9457 problem details (`application/problem+json`), the body of every 4xx/5xx."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="`urn:kdaudit:problem:<slug>`, or `about:blank`.")
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = Field(default=None, description="Also in the X-Request-ID header and the server log.")
+    limit: str | None = Field(default=None, description="For limit errors: the setting that was exceeded.")
+    limit_value: float | None = None
+    errors: list[dict[str, Any]] | None = Field(default=None, description="For validation errors: one per field.")
 
 
 class TeacherOut(BaseModel):
@@ -57,20 +76,22 @@ class AuditCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    teacher_id: str = Field(min_length=1, max_length=64)
+    teacher_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
     dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10"] | None = Field(
         default=None, description="Defaults to the dataset the teacher was uploaded for."
     )
-    attacks: list[Literal["normal_kd", "skeptical"]] | None = None
-    students: list[str] | None = None
-    seeds: int | None = None
-    base_seed: int | None = None
-    fraction: float | None = None
+    attacks: list[AttackName] | None = Field(default=None, min_length=1, max_length=len(get_args(AttackName)))
+    students: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, min_length=1, max_length=8
+    )
+    seeds: int | None = Field(default=None, ge=1, le=20)
+    base_seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    fraction: float | None = Field(default=None, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda"] | None = Field(default=None, description="Device hint for the worker.")
-    epochs: int | None = Field(default=None, description="Shorthand for schedule.epochs.")
-    schedule: dict[str, Any] | None = None
-    kd: dict[str, Any] | None = None
-    skeptical: dict[str, Any] | None = None
+    epochs: int | None = Field(default=None, ge=1, le=1000, description="Shorthand for schedule.epochs.")
+    schedule: dict[str, Any] | None = Field(default=None, description="TrainSchedule fields (epochs, batch_size, lr, ...).")
+    kd: dict[str, Any] | None = Field(default=None, description="KD settings (alpha, temperature).")
+    skeptical: dict[str, Any] | None = Field(default=None, description="Skeptical-student settings.")
 
 
 class Progress(BaseModel):

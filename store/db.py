@@ -47,7 +47,9 @@ def _make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # The API's sync routes run in a 40-thread pool; they hold a connection only for their DB
+    # work (see service/routes.py `_release_db`), so 10 + 20 connections per process is plenty.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -109,6 +109,17 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was already used by this tenant for a different request."""
 
 
+class ActiveLimit(Exception):
+    """The tenant already has as many queued/running audits as allowed (args[0]: how many)."""
+
+
+def count_active(session: Session, tenant_id: str) -> int:
+    q = select(func.count()).select_from(Audit).where(
+        Audit.tenant_id == tenant_id, Audit.status.in_(("queued", "running"))
+    )
+    return int(session.scalar(q) or 0)
+
+
 def request_fingerprint(payload: dict[str, Any]) -> str:
     import json
 
@@ -125,15 +136,26 @@ def create_audit(
     epochs: int | None,
     request_hash: str,
     idempotency_key: str | None = None,
+    max_active: int | None = None,
 ) -> tuple[Audit, bool]:
     """Insert a queued audit; with an Idempotency-Key, return the earlier audit instead.
 
-    Returns (audit, created). Raises IdempotencyConflict when the key was used for another body.
+    Returns (audit, created). Raises IdempotencyConflict when the key was used for another body,
+    ActiveLimit when the tenant already has `max_active` queued or running audits (a replay of
+    an Idempotency-Key is answered before the limit is checked).
     """
     if idempotency_key is not None:
         existing = _by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _check_same(existing, request_hash), False
+    if max_active is not None:
+        # PostgreSQL: lock the tenant row so concurrent submits of one tenant count one at a time
+        # (SQLite ignores FOR UPDATE; its single writer makes the race window tiny).
+        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+        active = count_active(session, tenant_id)
+        if active >= max_active:
+            session.rollback()
+            raise ActiveLimit(active)
     audit = Audit(
         tenant_id=tenant_id,
         teacher_id=teacher_id,
@@ -159,6 +181,10 @@ def create_audit(
             raise
         return _check_same(existing, request_hash), False
     return audit, True
+
+
+def get_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Audit | None:
+    return _by_idempotency_key(session, tenant_id, key)
 
 
 def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Audit | None:
@@ -219,8 +245,14 @@ def _stale(heartbeat: datetime | None, stale_after: float, now: datetime) -> boo
     return heartbeat is None or heartbeat < now - timedelta(seconds=stale_after)
 
 
-def claim_audit(session: Session, audit_id: str, worker_id: str, stale_after: float) -> Claim:
-    """Atomically take a queued audit, or take over a running one whose worker went silent."""
+def claim_audit(
+    session: Session, audit_id: str, worker_id: str, stale_after: float, max_attempts: int | None = None
+) -> Claim:
+    """Atomically take a queued audit, or take over a running one whose worker went silent.
+
+    With `max_attempts`, an orphan that was already started that many times is failed instead
+    of taken over (a teacher that crashes every worker must not loop forever).
+    """
     now = utcnow()
     res = session.execute(
         update(Audit)
@@ -229,7 +261,7 @@ def claim_audit(session: Session, audit_id: str, worker_id: str, stale_after: fl
             status="running",
             claimed_by=worker_id,
             heartbeat_at=now,
-            started_at=now,
+            started_at=func.coalesce(Audit.started_at, now),
             attempts=Audit.attempts + 1,
             updated_at=now,
         )
@@ -246,6 +278,9 @@ def claim_audit(session: Session, audit_id: str, worker_id: str, stale_after: fl
         return Claim("skipped", "already running in this worker")
     if not _stale(audit.heartbeat_at, stale_after, now):
         return Claim("skipped", f"running on live worker {audit.claimed_by}")
+    if max_attempts is not None and audit.attempts >= max_attempts:
+        _give_up(session, audit, stale_after)
+        return Claim("skipped", f"gave up after {audit.attempts} attempts")
     # take over an orphan: compare-and-set on the attempt counter so only one worker wins
     res = session.execute(
         update(Audit)
@@ -410,6 +445,109 @@ def request_cancel(session: Session, audit: Audit, stale_after: float) -> Audit:
 
 def get_report(session: Session, audit_id: str) -> ReportRow | None:
     return session.get(ReportRow, audit_id)
+
+
+def _give_up_message(attempts: int, stale_after: float) -> str:
+    return (
+        f"the worker running this audit stopped responding (no heartbeat for {stale_after:g} s) "
+        f"{attempts} time(s); giving up after max_attempts={attempts}. A worker may be crashing on "
+        "this teacher (memory?); see the worker logs"
+    )
+
+
+def _give_up(session: Session, audit: Audit, stale_after: float) -> bool:
+    now = utcnow()
+    res = session.execute(
+        update(Audit)
+        .where(Audit.id == audit.id, Audit.status == "running", Audit.attempts == audit.attempts)
+        .values(
+            status="failed",
+            error=_give_up_message(audit.attempts, stale_after),
+            finished_at=now,
+            updated_at=now,
+            current_run=None,
+            claimed_by=None,
+        )
+    )
+    session.commit()
+    return res.rowcount == 1
+
+
+@dataclass
+class Sweep:
+    requeued: list[str]
+    failed: list[str]
+    redispatched: list[str]
+
+
+def sweep_orphans(
+    session: Session, stale_after: float, max_attempts: int, requeue_queued_after: float | None = None
+) -> Sweep:
+    """Find audits nobody is working on; the caller sends a task message for each id to dispatch.
+
+    * running with a stale heartbeat (its worker vanished): back to `queued` (compare-and-set on
+      `attempts`, so two sweepers cannot both requeue it), or `failed` once it was started
+      `max_attempts` times. Finished runs stay recorded; the next worker resumes after them.
+    * queued and untouched for `requeue_queued_after` seconds (its message was lost, e.g. the
+      API died between the INSERT and the enqueue): `updated_at` is bumped (compare-and-set) and
+      the id returned to be dispatched again; duplicate messages are harmless (atomic claim).
+    """
+    now = utcnow()
+    out = Sweep([], [], [])
+    cutoff = now - timedelta(seconds=stale_after)
+    stale = session.execute(
+        select(Audit.id, Audit.attempts, Audit.claimed_by).where(
+            Audit.status == "running", (Audit.heartbeat_at.is_(None)) | (Audit.heartbeat_at < cutoff)
+        )
+    ).all()
+    session.commit()
+    for audit_id, attempts, _owner in stale:
+        if attempts >= max_attempts:
+            res = session.execute(
+                update(Audit)
+                .where(Audit.id == audit_id, Audit.status == "running", Audit.attempts == attempts)
+                .values(
+                    status="failed",
+                    error=_give_up_message(attempts, stale_after),
+                    finished_at=now,
+                    updated_at=now,
+                    current_run=None,
+                    claimed_by=None,
+                )
+            )
+            session.commit()
+            if res.rowcount == 1:
+                out.failed.append(audit_id)
+            continue
+        res = session.execute(
+            update(Audit)
+            .where(
+                Audit.id == audit_id,
+                Audit.status == "running",
+                Audit.attempts == attempts,
+                (Audit.heartbeat_at.is_(None)) | (Audit.heartbeat_at < cutoff),
+            )
+            .values(status="queued", claimed_by=None, heartbeat_at=None, current_epoch=None, updated_at=now)
+        )
+        session.commit()
+        if res.rowcount == 1:
+            out.requeued.append(audit_id)
+    if requeue_queued_after is not None:
+        old = now - timedelta(seconds=requeue_queued_after)
+        waiting = session.execute(
+            select(Audit.id, Audit.updated_at).where(Audit.status == "queued", Audit.updated_at < old)
+        ).all()
+        session.commit()
+        for audit_id, _seen in waiting:
+            res = session.execute(
+                update(Audit)
+                .where(Audit.id == audit_id, Audit.status == "queued", Audit.updated_at < old)
+                .values(updated_at=now)
+            )
+            session.commit()
+            if res.rowcount == 1:
+                out.redispatched.append(audit_id)
+    return out
 
 
 def orphaned_audits(session: Session, stale_after: float) -> list[str]:

@@ -25,9 +25,29 @@ class ServiceSettings(Settings):
         default=120.0, gt=0, description="A running audit whose heartbeat is older than this is considered orphaned."
     )
     retry_after_seconds: int = Field(default=5, ge=1, description="Retry-After sent while an audit is not finished.")
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Times an audit may be started (first claim + takeovers after its worker vanished) before it fails.",
+    )
+    sweep_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How often workers and the API look for orphaned audits; default: stale_after_seconds / 2.",
+    )
+    sweep_in_api: bool = Field(default=True, description="The API process also runs the orphan sweep.")
+    requeue_queued_after_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="A queued audit untouched this long gets its task message sent again (lost message, API crash).",
+    )
     broker_visibility_timeout: int = Field(
         default=6 * 3600, gt=0, description="Redis visibility timeout (s) before an unacknowledged task is redelivered."
     )
+
+    @property
+    def sweep_interval(self) -> float:
+        return self.sweep_seconds or max(self.stale_after_seconds / 2, 0.2)
 
     @property
     def should_auto_migrate(self) -> bool:

@@ -27,6 +27,7 @@ from kdaudit.store.db import session_factory
 from kdaudit.store.files import FileStore
 from kdaudit.store.settings import ServiceSettings, get_service_settings
 from kdaudit.workers.app import TASK_RUN_AUDIT
+from kdaudit.workers.sweep import sweep_once
 
 log = logging.getLogger("kdaudit.worker")
 
@@ -72,7 +73,7 @@ def execute_audit(audit_id: str, settings: ServiceSettings | None = None, wid: s
     factory = session_factory(url)
 
     with factory() as session:
-        claim = repo.claim_audit(session, audit_id, wid, settings.stale_after_seconds)
+        claim = repo.claim_audit(session, audit_id, wid, settings.stale_after_seconds, settings.max_attempts)
         if not claim.acquired:
             log.info("audit %s not run here: %s", audit_id, claim.reason)
             return f"skipped: {claim.reason}"
@@ -82,6 +83,11 @@ def execute_audit(audit_id: str, settings: ServiceSettings | None = None, wid: s
         teacher = repo.get_teacher(session, None, audit.teacher_id)
         config_data: dict[str, Any] = dict(audit.config)
         recorded = repo.done_runs(session, audit_id)
+    if recorded:
+        log.info(
+            "audit %s resumes (attempt %d): %d finished run(s) kept, not trained again: %s",
+            audit_id, audit.attempts, len(recorded), ", ".join(sorted(recorded)),
+        )  # fmt: skip
 
     beat = _Heartbeat(settings, audit_id, wid)
     beat.start()
@@ -113,8 +119,11 @@ def _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat)
         )
 
         def progress(ev) -> None:
+            if ev.kind == "run_started":
+                log.info("audit %s run started: %s", audit_id, ev.run_key)
             if ev.kind == "run_finished" and ev.record is not None:
                 repo.record_run(session, audit_id, ev.run_key, ev.record.model_dump(mode="json"))
+                log.info("audit %s run finished: %s", audit_id, ev.run_key)
             repo.update_progress(
                 session,
                 audit_id,
@@ -174,13 +183,9 @@ _sweeper_stop = threading.Event()
 
 
 def sweep_orphans(celery, settings: ServiceSettings) -> list[str]:
-    """Re-enqueue running audits whose worker stopped heart-beating (claim makes it safe)."""
-    with session_factory(settings.resolved_database_url)() as session:
-        ids = repo.orphaned_audits(session, settings.stale_after_seconds)
-    for audit_id in ids:
-        log.warning("re-enqueueing orphaned audit %s", audit_id)
-        celery.send_task(TASK_RUN_AUDIT, args=[audit_id])
-    return ids
+    """One sweep (see `kdaudit.workers.sweep`); returns the ids it re-dispatched."""
+    result = sweep_once(celery, settings)
+    return result.requeued + result.redispatched
 
 
 @worker_ready.connect
@@ -193,12 +198,13 @@ def _on_worker_ready(sender=None, **_: Any) -> None:
         return
 
     def loop() -> None:
+        # runs beside the task (a thread), so a busy worker still rescues other workers' audits
         while True:
             try:
                 sweep_orphans(celery, settings)
             except Exception:
                 log.warning("orphan sweep failed", exc_info=True)
-            if _sweeper_stop.wait(settings.stale_after_seconds):
+            if _sweeper_stop.wait(settings.sweep_interval):
                 return
 
     threading.Thread(target=loop, name="kdaudit-orphan-sweep", daemon=True).start()

@@ -1,0 +1,169 @@
+"""The human side of the service: a small web UI and the HTML report.
+
+    GET /                               the UI (sign in with an API key, upload a teacher,
+                                        start an audit, follow audits, open reports)
+    GET /audits/{id}/report             UI page that shows one audit's HTML report
+    GET /static/{name}                  the UI's CSS and JavaScript (no external assets)
+    GET /v1/audits/{id}/report.html     the self-contained HTML report (Bearer key, like /v1)
+
+The UI pages are server-rendered Jinja2 templates that hold no data: their JavaScript
+calls the JSON API with the key the user typed in (kept in sessionStorage, so it goes
+when the tab closes). The HTML report is rendered from the stored report JSON by
+`kdaudit.distill.render_html` (matplotlib, imported on first use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+import kdaudit
+from kdaudit.service.auth import current_tenant
+from kdaudit.service.deps import get_session, get_settings
+from kdaudit.service.problems import Problem
+from kdaudit.store import repo
+from kdaudit.store.models import Tenant
+from kdaudit.store.settings import ServiceSettings
+
+HERE = Path(__file__).parent
+STATIC_DIR = HERE / "static"
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+router = APIRouter()
+
+#: same shape as the API's ids (kdaudit.service.schemas.ID_PATTERN)
+AuditId = Annotated[str, PathParam(description="Audit id (from POST /v1/audits).", pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+ATTACKS = (("normal_kd", "normal KD (Hinton)"), ("skeptical", "skeptical student"))
+ARCH_EXAMPLES = ("cnn-32-64-64-128", "cnn-16-32-32-64", "cnn-8-8-8-16", "cnn-4-8-8-16", "resnet18")
+
+#: UI pages: scripts and styles only from this origin; the report iframe gets inline styles
+UI_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "frame-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
+)
+#: the report is self-contained: nothing may be fetched, nothing may run
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+
+
+def _page(request: Request, name: str, **context: Any) -> HTMLResponse:
+    response = templates.TemplateResponse(request, name, {"version": kdaudit.__version__, **context})
+    response.headers["Content-Security-Policy"] = UI_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def ui_index(request: Request) -> HTMLResponse:
+    """The web UI."""
+    from kdaudit.distill.config import AuditConfig
+
+    defaults = AuditConfig.model_fields
+    return _page(
+        request,
+        "index.html",
+        datasets=DATASETS,
+        attacks=ATTACKS,
+        arch_examples=ARCH_EXAMPLES,
+        default_students=", ".join(defaults["students"].default_factory()),  # type: ignore[misc]
+        default_seeds=defaults["seeds"].default,
+    )
+
+
+@router.get("/audits/{audit_id}/report", response_class=HTMLResponse, include_in_schema=False)
+def ui_report(request: Request, audit_id: AuditId) -> HTMLResponse:
+    """UI page that fetches and shows one audit's HTML report (the key stays in the browser)."""
+    return _page(request, "report.html", audit_id=audit_id)
+
+
+@router.get("/static/{name}", include_in_schema=False)
+def ui_static(name: str) -> Response:
+    allowed = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
+    path = allowed.get(name)
+    if path is None:
+        raise Problem(404, f"no static file {name}", slug="not-found")
+    media = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}.get(path.suffix, "application/octet-stream")
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+
+# ---------------------------------------------------------------- HTML report
+
+_CACHE_SIZE = 32
+_cache: OrderedDict[str, str] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _render_cached(audit_id: str, body: dict[str, Any]) -> str:
+    """Reports are immutable once stored, but key on the content anyway."""
+    from kdaudit.distill.render_html import render_report_html
+
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    key = f"{audit_id}:{digest}"
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    try:
+        text = render_report_html(body, audit_id=audit_id)
+    except ValueError as e:  # pydantic ValidationError included: a stored body that is not a v1 report
+        raise Problem(500, f"the stored report cannot be rendered ({type(e).__name__})", slug="report-unrenderable") from None
+    with _cache_lock:
+        _cache[key] = text
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return text
+
+
+@router.get(
+    "/v1/audits/{audit_id}/report.html",
+    tags=["reports"],
+    response_class=HTMLResponse,
+    responses={
+        200: {"description": "The report as one self-contained HTML page", "content": {"text/html": {}}},
+        401: {},
+        404: {},
+        409: {"description": "The audit has not succeeded (yet)"},
+    },
+)
+def get_report_html(
+    audit_id: AuditId,
+    tenant: Tenant = Depends(current_tenant),
+    settings: ServiceSettings = Depends(get_settings),
+    session: Session = Depends(get_session),
+) -> Response:
+    """The report as a self-contained HTML page (inline CSS and SVG plots, no scripts); 409 until the audit has succeeded."""
+    audit = repo.get_audit(session, tenant.id, audit_id)
+    if audit is None:
+        raise Problem(404, f"no audit {audit_id}", slug="not-found")
+    row = repo.get_report(session, audit.id) if audit.status == "succeeded" else None
+    if row is None:
+        finished = repo.is_finished(audit.status)
+        headers = {} if finished else {"Retry-After": str(settings.retry_after_seconds)}
+        why = f"the audit {audit.status}" + (f": {audit.error}" if audit.error else "")
+        if not finished:
+            why = f"the audit is {audit.status} ({audit.runs_done}/{audit.runs_total} runs done)"
+        raise Problem(409, f"no report yet: {why}", slug="report-not-ready", headers=headers, audit_status=audit.status)
+    body = row.body
+    text = _render_cached(audit.id, body)  # a sync route: FastAPI runs it in the thread pool
+    return HTMLResponse(
+        text,
+        headers={
+            "Content-Security-Policy": REPORT_CSP,
+            "Content-Disposition": f'inline; filename="kdaudit-report-{audit.id}.html"',
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, max-age=300",
+        },
+    )

@@ -1,0 +1,41 @@
+"""The orphan sweep: make sure no audit stays `running` without a live worker, or `queued`
+without a task message. Imported by the workers (a thread in every worker process) and by the
+API (a background task), so it must stay free of task code and torch.
+
+Nothing here depends on a new message arriving: a worker SIGKILLed mid-audit leaves its
+Redis message unacknowledged (redelivered only after the visibility timeout, hours), so the
+sweep is what brings the audit back. Every sweeper does the same compare-and-set UPDATEs, so
+any number of them can run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from kdaudit.store import repo
+from kdaudit.store.db import session_factory
+from kdaudit.store.settings import ServiceSettings
+
+log = logging.getLogger("kdaudit.sweep")
+
+TASK_RUN_AUDIT = "kdaudit.run_audit"
+
+
+def sweep_once(celery: Celery, settings: ServiceSettings) -> repo.Sweep:
+    """Requeue (or fail) orphaned running audits and re-send lost queued ones; returns what it did."""
+    with session_factory(settings.resolved_database_url)() as session:
+        result = repo.sweep_orphans(
+            session,
+            settings.stale_after_seconds,
+            settings.max_attempts,
+            requeue_queued_after=settings.requeue_queued_after_seconds,
+        )
+    for audit_id in result.failed:
+        log.warning("audit %s failed: its worker vanished %d times (max_attempts)", audit_id, settings.max_attempts)
+    for audit_id in result.requeued + result.redispatched:
+        why = "its worker vanished (stale heartbeat)" if audit_id in result.requeued else "its task message was lost"
+        log.warning("re-dispatching audit %s: %s", audit_id, why)
+        celery.send_task(TASK_RUN_AUDIT, args=[audit_id])
+    return result
