@@ -38,6 +38,9 @@ from kdaudit.models.multi_exit import MultiExitNet
 PRESETS = {
     "cpu": dict(dataset="digits", teacher="cnn-32-64-64-128", students=["cnn-4-8-8-16", "cnn-8-16-16-32"],
                 attacks=["normal_kd", "skeptical"], seeds=2, epochs=3, batch_size=32, fraction=1.0),
+    # a teacher much bigger than its students, as in real audits: the shared forward pays off
+    "cpu-mnist": dict(dataset="mnist", teacher="cnn-64-128-128-256", students=["cnn-8-16-16-32", "cnn-16-32-32-64"],
+                      attacks=["normal_kd", "skeptical"], seeds=2, epochs=1, batch_size=64, fraction=0.05),
     "cuda": dict(dataset="cifar10", teacher="resnet18", students=["mobilenetv2", "resnet18"],
                  attacks=["normal_kd", "skeptical"], seeds=3, epochs=2, batch_size=512, fraction=1.0),
 }
