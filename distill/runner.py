@@ -126,7 +126,13 @@ def run_audit(
     should_cancel: Callable[[], bool] | None = None,
     done_runs: dict[str, RunRecord] | None = None,
     data_root: Path | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> Report:
+    """Run every planned run not in `done_runs` and assemble the report.
+
+    With `checkpoint_dir`, each seed's cohort is checkpointed after every epoch
+    (`seed<N>.pt`), so a crashed audit resumes mid-seed instead of from the seed's start.
+    """
     started = time.perf_counter()
     device = resolve_device(config.device)
     splits = load_splits(
@@ -169,7 +175,8 @@ def run_audit(
                 members, splits, config.schedule,
                 reference=teacher, kd=config.kd, skeptical=config.skeptical, device=device, stream_seed=seed,
             )
-            for result in cohort.train(on_epoch):
+            ckpt = checkpoint_dir / f"seed{seed}.pt" if checkpoint_dir is not None else None
+            for result in cohort.train(on_epoch, checkpoint=ckpt):
                 rec = _record(result, splits)
                 records[result.member.key] = rec
                 emit(ProgressEvent("run_finished", rec_key(rec), index[rec_key(rec)], len(runs),

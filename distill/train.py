@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import zlib
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -180,7 +182,15 @@ class Cohort:
     def train(
         self,
         on_epoch: Callable[[EpochReport], None] | None = None,
+        checkpoint: Path | None = None,
     ) -> list[MemberResult]:
+        """Train all members; with `checkpoint`, save the cohort after every epoch and resume from it.
+
+        The checkpoint holds everything the next epoch depends on (weights, optimiser state,
+        the data stream's generator, best-so-far states, curves, counters), so a run resumed
+        after a crash produces the same numbers as one that never stopped (tested). It is our
+        own file, read back with `weights_only=True`, and removed when training ends.
+        """
         sch, dev, spec = self.schedule, self.device, self.splits.spec
         models = [build_member_model(m, self.splits).to(dev) for m in self.members]
         if self.cuda:
@@ -203,8 +213,20 @@ class Cohort:
         clock = [0.0] * len(models)
         uses_ref = [m.kind in NEEDS_REFERENCE for m in self.members]
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
-        step = 0
-        for epoch in range(1, sch.epochs + 1):
+        step, first_epoch = 0, 1
+        keys = [m.key for m in self.members]
+        if checkpoint is not None and checkpoint.exists():
+            state = torch.load(checkpoint, map_location=dev, weights_only=True)
+            if state["keys"] != keys or state["epochs"] != sch.epochs:
+                raise ValueError(f"checkpoint {checkpoint} belongs to another cohort")
+            for mdl, opt, ms, os_ in zip(models, opts, state["models"], state["opts"], strict=True):
+                mdl.load_state_dict(ms)
+                opt.load_state_dict(os_)
+            gen.set_state(state["gen"])
+            best = [(b[0], b[1], b[2]) for b in state["best"]]
+            curves, queries, clock = state["curves"], state["queries"], state["clock"]
+            step, first_epoch = state["step"], state["epoch"] + 1
+        for epoch in range(first_epoch, sch.epochs + 1):
             for mdl in models:
                 mdl.train()
             perm = torch.randperm(n, generator=gen).to(dev)
@@ -233,19 +255,38 @@ class Cohort:
                     if uses_ref[i]:
                         queries[i] += len(idx)
                 step += 1
+            accs = []
             for i, (m, mdl) in enumerate(zip(self.members, models, strict=True)):
                 acc = accuracy(predict(mdl, self.splits.x_val), self.splits.y_val)
                 if not math.isfinite(acc):
                     acc = 0.0
+                accs.append(acc)
                 curves[i].append(round(acc, 3))
                 eligible = m.selection == "best_val" or epoch > sch.epochs - max(1, math.ceil(m.window * sch.epochs))
                 if eligible and acc >= best[i][0]:
                     best[i] = (acc, epoch, copy.deepcopy(mdl.state_dict()))
-                if on_epoch is not None:
+            if checkpoint is not None:
+                _save_atomically(checkpoint, {
+                    "keys": keys, "epochs": sch.epochs, "epoch": epoch, "step": step, "gen": gen.get_state(),
+                    "models": [mdl.state_dict() for mdl in models], "opts": [opt.state_dict() for opt in opts],
+                    "best": [list(b) for b in best], "curves": curves, "queries": queries, "clock": clock,
+                })
+            if on_epoch is not None:
+                for m, acc in zip(self.members, accs, strict=True):
                     on_epoch(EpochReport(m, epoch, sch.epochs, acc))
         results = []
         for i, (m, mdl) in enumerate(zip(self.members, models, strict=True)):
             mdl.load_state_dict(best[i][2])
             mdl.eval()
             results.append(MemberResult(m, mdl, best[i][1], curves[i], queries[i], round(clock[i], 3)))
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
         return results
+
+
+def _save_atomically(path: Path, state: dict) -> None:
+    """Write to a temporary file and rename, so a kill mid-write never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -107,6 +107,12 @@ def test_sigkill_mid_audit_resumes_without_recomputing(tmp_path):
             first.wait(10)
             assert first.returncode == -signal.SIGKILL
             killed = time.monotonic()
+            # seed 1's cohort left its per-epoch checkpoint: the next worker resumes mid-seed
+            import torch
+
+            ckpt = settings.data_dir / "checkpoints" / aid / "seed1.pt"
+            assert ckpt.exists()
+            assert torch.load(ckpt, weights_only=True)["epoch"] >= killed_at_epoch
 
             # no new message is sent: the second worker's orphan sweep must find the audit
             second = h.start_worker(settings, second_log)
@@ -141,6 +147,7 @@ def test_sigkill_mid_audit_resumes_without_recomputing(tmp_path):
             round(r.test_accuracy, 3) for r in after
         )
         assert report["summary"]["verdict"]
+        assert not ckpt.exists()  # removed once seed 1 finished
         print(f"killed at seed1 epoch {killed_at_epoch}; resumed and finished {time.monotonic() - killed:.1f} s later")
     finally:
         for proc, log in ((first, first_log), (second, second_log)):

@@ -66,3 +66,30 @@ def test_run_audit_progress_resume_and_cancel(splits, teacher):
 
     with pytest.raises(CancelledError):
         run_audit(cfg, teacher, "x", should_cancel=lambda: True)
+
+
+def test_cohort_resumes_from_its_epoch_checkpoint_with_identical_results(splits, teacher, tmp_path):
+    members = [Member(k, k, "cnn-4-8-8-16", 5) for k in ("scratch", "skeptical")]
+    sched = TrainSchedule(epochs=3, batch_size=64, lr=0.05, augment=False)
+    ckpt = tmp_path / "seed5.pt"
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_epoch_2(ep):
+        if ep.epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        Cohort(members, splits, sched, reference=teacher, stream_seed=5).train(crash_after_epoch_2, checkpoint=ckpt)
+    assert ckpt.exists()
+    seen = []
+    resumed = Cohort(members, splits, sched, reference=teacher, stream_seed=5).train(
+        lambda ep: seen.append(ep.epoch), checkpoint=ckpt)
+    assert set(seen) == {3}  # epochs 1-2 were not trained again
+    assert not ckpt.exists()  # removed once training ends
+    straight = Cohort(members, splits, sched, reference=teacher, stream_seed=5).train()
+    for a, b in zip(resumed, straight, strict=True):
+        assert a.val_curve == b.val_curve and a.best_epoch == b.best_epoch and a.teacher_queries == b.teacher_queries
+        for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+            assert torch.equal(x, y), k

@@ -145,6 +145,9 @@ def _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat)
             should_cancel=should_cancel,
             done_runs=done,
             data_root=settings.datasets_dir,
+            # per-epoch cohort checkpoints; on a volume shared by the workers a redelivered audit
+            # resumes mid-seed, otherwise from its last finished run
+            checkpoint_dir=settings.data_dir / "checkpoints" / audit_id,
         )
         body = json.loads(report.to_json())
         if repo.store_report(session, audit_id, wid, body):
