@@ -52,9 +52,50 @@ class DatasetInfo(BaseModel):
     fraction: float
 
 
+class Fidelity(BaseModel):
+    """How closely a student copies the teacher on the test split (percent unless noted).
+
+    `mistake_agreement` is the strongest sign of copying rather than learning: of the test
+    images the teacher gets wrong, the share where the student predicts the *same wrong*
+    class. `class_gap` is teacher minus student accuracy per class (points); `kl` is
+    KL(teacher || student) at temperature 1, nats per image (batchmean). Test images whose
+    teacher outputs are not finite are left out (`images` counts those used).
+    """
+
+    agreement: float = Field(description="Top-1 agreement with the teacher, percent.")
+    mistake_agreement: float | None = Field(description="Same wrong class on the teacher's mistakes, percent; None if the teacher makes none.")
+    teacher_mistakes: int = Field(description="Test images the teacher gets wrong (the denominator of mistake_agreement).")
+    class_gap: list[float] = Field(description="Per class: teacher accuracy minus student accuracy, points.")
+    max_class_gap: float = Field(description="Largest per-class gap, points.")
+    kl: float | None = Field(description="KL(teacher || student) at tau 1, nats per image; None if not finite.")
+    images: int = 0
+
+    @classmethod
+    def mean_of(cls, items: list[Fidelity]) -> Fidelity | None:
+        """Mean over seeds (per field; per class for class_gap)."""
+        if not items:
+            return None
+
+        def avg(values: list[float | None]) -> float | None:
+            vs = [v for v in values if v is not None]
+            return round(statistics.fmean(vs), 3) if vs else None
+
+        gaps = [round(statistics.fmean(g), 3) for g in zip(*(f.class_gap for f in items), strict=True)]
+        return cls(
+            agreement=avg([f.agreement for f in items]) or 0.0,
+            mistake_agreement=avg([f.mistake_agreement for f in items]),
+            teacher_mistakes=items[0].teacher_mistakes,
+            class_gap=gaps,
+            max_class_gap=avg([f.max_class_gap for f in items]) or 0.0,
+            kl=avg([f.kl for f in items]),
+            images=items[0].images,
+        )
+
+
 class ScratchResult(BaseModel):
     student: str
     accuracy: AccuracyStats
+    fidelity: Fidelity | None = Field(default=None, description="Mean over seeds: the baseline for a student that never saw the teacher.")
 
 
 class AttackResult(BaseModel):
@@ -66,6 +107,15 @@ class AttackResult(BaseModel):
     seconds: float
     setting: Setting | None = Field(default=None, description="data_available (the thief has task images) or data_free.")
     access: Access | None = Field(default=None, description="What the attack needs from the teacher: output vectors (black_box), also activations (grey_box), or weights (white_box).")
+    fidelity: Fidelity | None = Field(default=None, description="Mean over the seeds' runs (ensemble exit for *_e variants).")
+    excluded_runs: int = Field(default=0, description="Runs of this attack that diverged even after retries; left out of every number here.")
+
+
+class Retry(BaseModel):
+    """One retry by the divergence watchdog: why the previous attempt failed, what changed."""
+
+    reason: str
+    change: str
 
 
 class RunRecord(BaseModel):
@@ -83,6 +133,10 @@ class RunRecord(BaseModel):
     setting: Setting | None = None
     access: Access | None = None
     selection: str | None = Field(default=None, description="How the checkpoint was chosen, when not by validation accuracy.")
+    fidelity: Fidelity | None = Field(default=None, description="Final exit vs the teacher on the test split.")
+    fidelity_ensemble: Fidelity | None = Field(default=None, description="Multi-exit students: the exits' ensemble vs the teacher.")
+    status: Literal["ok", "diverged"] = Field(default="ok", description="diverged: still NaN/inf or stuck at chance after every retry; excluded from all means.")
+    retries: list[Retry] = Field(default_factory=list, description="Every retry of this run by the divergence watchdog.")
 
 
 class StudentSummary(BaseModel):
@@ -105,6 +159,29 @@ class Environment(BaseModel):
     device: str
 
 
+class Manifest(BaseModel):
+    """Provenance: everything needed to trace a report back to its inputs and re-run it.
+
+    Two audits with equal manifests (`identity()`, i.e. all but `timing`) give equal numbers
+    on CPU (tested). `timing` is wall time and per-run seconds, which vary between runs.
+    """
+
+    teacher_sha256: str
+    split_sha256: str
+    config: dict[str, Any] = Field(description="The fully resolved AuditConfig.")
+    kdaudit_version: str
+    git_commit: str | None = Field(default=None, description="`git rev-parse HEAD` of kdaudit's source tree, when it is a git checkout.")
+    torch: str
+    cuda: str | None = None
+    device: str
+    seeds: list[int]
+    selection: dict[str, str] = Field(description="How every number was selected: which split, which epochs.")
+    timing: dict[str, Any] = Field(default_factory=dict, description="wall_seconds and per-run seconds (not part of the identity).")
+
+    def identity(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"timing"})
+
+
 class Report(BaseModel):
     schema_: str = Field(default=SCHEMA, alias="schema")
     teacher: TeacherInfo
@@ -115,6 +192,7 @@ class Report(BaseModel):
     runs: list[RunRecord] = Field(default_factory=list)
     config: dict[str, Any]
     environment: Environment
+    manifest: Manifest | None = None
 
     model_config = {"populate_by_name": True}
 

@@ -9,6 +9,7 @@ database after a worker crash) are not trained again.
 from __future__ import annotations
 
 import platform
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +23,18 @@ import kdaudit
 from kdaudit.core.errors import CancelledError, InputError
 from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig
 from kdaudit.distill.data import Splits, load_splits
+from kdaudit.distill.datafree import SELECTION_RULE as DATAFREE_SELECTION_RULE
 from kdaudit.distill.datafree import access_of, check_teacher, plan_datafree, train_datafree
+from kdaudit.distill.fidelity import fidelity_metrics
 from kdaudit.distill.report import (
     AccuracyStats,
     AttackResult,
     DatasetInfo,
     Environment,
+    Fidelity,
+    Manifest,
     Report,
+    Retry,
     RunRecord,
     ScratchResult,
     StudentSummary,
@@ -74,8 +80,15 @@ def plan_runs(config: AuditConfig) -> list[RunSpec]:
     return runs
 
 
-def teacher_accuracy(teacher: nn.Module, splits: Splits) -> float:
-    logits = predict(teacher, splits.x_test)
+#: the divergence watchdog's retries, in order: (lr factor, seed offset, documented change)
+RETRY_PLAN: tuple[tuple[float, int, str], ...] = (
+    (0.5, 0, "learning rate halved"),
+    (0.5, 1, "learning rate halved and a new seed (init and data order offset by 1)"),
+)
+
+
+def teacher_accuracy(teacher: nn.Module, splits: Splits, logits: torch.Tensor | None = None) -> float:
+    logits = predict(teacher, splits.x_test) if logits is None else logits
     if logits.ndim != 2 or logits.shape[1] != splits.spec.num_classes:
         raise InputError(
             f"the teacher outputs {tuple(logits.shape[1:])} scores per image but dataset "
@@ -93,8 +106,15 @@ def attack_setting(kind: str, config: AuditConfig | None = None) -> tuple[str | 
     return None, None
 
 
-def _record(result: MemberResult, splits: Splits) -> RunRecord:
+def _record(result: MemberResult, splits: Splits, teacher_logits: torch.Tensor | None = None,
+            retries: list[Retry] | None = None) -> RunRecord:
     m, model = result.member, result.model
+    fidelity = fidelity_ens = None
+    if teacher_logits is not None:
+        c = splits.spec.num_classes
+        fidelity = fidelity_metrics(teacher_logits, predict(model, splits.x_test), splits.y_test, c)
+        if isinstance(model, MultiExitNet):
+            fidelity_ens = fidelity_metrics(teacher_logits, predict(model, splits.x_test, ensemble=True), splits.y_test, c)
     exits: dict[str, float] = {}
     if isinstance(model, MultiExitNet):
         for stage in (1, 2, 3):
@@ -114,7 +134,33 @@ def _record(result: MemberResult, splits: Splits) -> RunRecord:
         setting=attack_setting(m.kind)[0],
         access=result.extra.get("access", attack_setting(m.kind)[1]),
         selection=result.extra.get("selection_rule"),
+        fidelity=fidelity,
+        fidelity_ensemble=fidelity_ens,
+        status="diverged" if result.diverged else "ok",
+        retries=list(retries or []),
     )
+
+
+def _retry_diverged(result: MemberResult, config: AuditConfig, splits: Splits, teacher: nn.Module,
+                    device: torch.device, seed: int) -> tuple[MemberResult, list[Retry]]:
+    """Retrain a diverged cohort member alone, per RETRY_PLAN, until it trains or the plan runs out.
+
+    A member trains alone exactly as it would in its cohort (tested), so the only differences
+    from the original attempt are the documented changes.
+    """
+    retries: list[Retry] = []
+    m = result.member
+    for factor, offset, change in RETRY_PLAN:
+        if result.diverged is None:
+            break
+        lr = config.schedule.lr * factor
+        retries.append(Retry(reason=result.diverged, change=f"{change} (lr {lr:g}, seed offset {offset})"))
+        member = Member(m.key, m.kind, m.arch, m.seed, m.selection, m.window, m.nasty_omega, m.nasty_tau, seed_offset=offset)
+        result = Cohort(
+            [member], splits, config.schedule.model_copy(update={"lr": lr}),
+            reference=teacher, kd=config.kd, skeptical=config.skeptical, device=device, stream_seed=seed + offset,
+        ).train()[0]
+    return result, retries
 
 
 def run_audit(
@@ -145,7 +191,8 @@ def run_audit(
     ).to(device)
     teacher = teacher.to(device) if not getattr(teacher, "is_remote", False) else teacher
     teacher.eval()
-    teacher_acc = teacher_accuracy(teacher, splits)
+    teacher_logits = predict(teacher, splits.x_test)  # once per audit: accuracy and every run's fidelity
+    teacher_acc = teacher_accuracy(teacher, splits, teacher_logits)
     for attack in config.attacks:
         if attack in DATA_FREE_ATTACKS:
             check_teacher(attack, teacher, config.datafree)  # ZSKT on a feature-less teacher fails before any training
@@ -177,7 +224,10 @@ def run_audit(
             )
             ckpt = checkpoint_dir / f"seed{seed}.pt" if checkpoint_dir is not None else None
             for result in cohort.train(on_epoch, checkpoint=ckpt):
-                rec = _record(result, splits)
+                retries: list[Retry] = []
+                if result.diverged is not None:
+                    result, retries = _retry_diverged(result, config, splits, teacher, device, seed)
+                rec = _record(result, splits, teacher_logits, retries)
                 records[result.member.key] = rec
                 emit(ProgressEvent("run_finished", rec_key(rec), index[rec_key(rec)], len(runs),
                                    config.schedule.epochs, config.schedule.epochs, rec.val_curve[rec.best_epoch - 1], rec))
@@ -190,7 +240,7 @@ def run_audit(
                 r.kind, r.student, seed, splits, teacher, config.datafree,
                 kd=config.kd, skeptical=config.skeptical, device=device, key=r.key, on_checkpoint=on_epoch,
             )
-            rec = _record(result, splits)
+            rec = _record(result, splits, teacher_logits)
             records[r.key] = rec
             emit(ProgressEvent("run_finished", r.key, index[r.key], len(runs), checkpoints, checkpoints,
                                rec.val_curve[rec.best_epoch - 1], rec))
@@ -215,19 +265,30 @@ def assemble_report(
     missing = [r.key for r in runs if r.key not in records]
     if missing:
         raise ValueError(f"cannot assemble a report: runs not finished: {', '.join(missing[:5])}")
+    # diverged runs (after every retry) are listed in `runs` but never enter a mean
+    ok = {k: r for k, r in records.items() if r.status == "ok"}
     scratch: dict[str, AccuracyStats] = {}
+    scratch_fid: dict[str, Fidelity | None] = {}
     for student in config.students:
-        scratch[student] = AccuracyStats.of([records[r.key].test_accuracy for r in runs if r.kind == "scratch" and r.student == student])
+        recs = [ok[r.key] for r in runs if r.kind == "scratch" and r.student == student and r.key in ok]
+        if recs:
+            scratch[student] = AccuracyStats.of([x.test_accuracy for x in recs])
+            scratch_fid[student] = Fidelity.mean_of([x.fidelity for x in recs if x.fidelity is not None])
 
     attacks: list[AttackResult] = []
     for student in config.students:
+        if student not in scratch:
+            continue  # no baseline: every scratch run diverged (listed in `runs`)
         for attack in config.attacks:
-            recs = [records[r.key] for r in runs if r.kind == attack and r.student == student]
-            variants = [(attack, [x.test_accuracy for x in recs])]
+            planned = [r for r in runs if r.kind == attack and r.student == student]
+            recs = [ok[r.key] for r in planned if r.key in ok]
+            if not recs:
+                continue  # every run diverged: nothing to average (listed in `runs`)
+            variants = [(attack, [x.test_accuracy for x in recs], [x.fidelity for x in recs])]
             if attack == "skeptical" or attack.endswith("_skeptical"):
-                variants.append((f"{attack}_e", [x.exit_accuracies["ensemble"] for x in recs]))
+                variants.append((f"{attack}_e", [x.exit_accuracies["ensemble"] for x in recs], [x.fidelity_ensemble for x in recs]))
             setting, access = attack_setting(attack, config)
-            for name, values in variants:
+            for name, values, fids in variants:
                 stats = AccuracyStats.of(values)
                 attacks.append(AttackResult(
                     attack=name,
@@ -238,15 +299,20 @@ def assemble_report(
                     seconds=round(sum(x.seconds for x in recs), 3),
                     setting=setting,  # type: ignore[arg-type]
                     access=access,  # type: ignore[arg-type]
+                    fidelity=Fidelity.mean_of([f for f in fids if f is not None]),
+                    excluded_runs=len(planned) - len(recs),
                 ))
 
+    if not attacks:
+        raise ValueError("cannot assemble a report: every attack run (or every scratch baseline) diverged; "
+                         "diverged runs: " + ", ".join(k for k, r in records.items() if r.status != "ok"))
     best, verdict = decide_verdict(scratch, attacks)
     return Report(
         teacher=TeacherInfo(architecture=config.teacher_arch, sha256=teacher_sha256, accuracy=round(teacher_acc, 3),
                             num_classes=splits.spec.num_classes),
         dataset=DatasetInfo(name=config.dataset, train_size=len(splits.x_train), val_size=len(splits.x_val),
                             test_size=len(splits.x_test), fraction=config.fraction),
-        scratch=[ScratchResult(student=s, accuracy=a) for s, a in scratch.items()],
+        scratch=[ScratchResult(student=s, accuracy=a, fidelity=scratch_fid.get(s)) for s, a in scratch.items()],
         attacks=attacks,
         summary=Summary(
             delta_acc=delta_acc(attacks, best.student),
@@ -260,6 +326,54 @@ def assemble_report(
         environment=Environment(
             kdaudit=kdaudit.__version__,
             torch=torch.__version__,
-            device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+            device=_device_name(device),
         ),
+        manifest=build_manifest(config, runs, records, splits, teacher_sha256, device, wall_seconds),
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+
+
+def git_commit() -> str | None:
+    """`git rev-parse HEAD` of the tree kdaudit's engine was loaded from; None whenever that fails."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except Exception:  # noqa: BLE001 - provenance is best effort: never fail an audit over it
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) in (40, 64) else None
+
+
+def selection_rules(config: AuditConfig) -> dict[str, str]:
+    rules = {
+        "reported_split": "test: every accuracy and fidelity number; never used to choose anything",
+        "checkpoint_split": f"validation ({config.val_fraction:g} of the training data, split seed {config.base_seed})",
+        "students": f"best validation accuracy over all epochs 1..{config.schedule.epochs} (rule best_val)",
+        "divergence": "non-finite loss, or validation accuracy never above chance + 2 pts over >= 2 epochs; "
+        "retried: " + "; then ".join(c for _, _, c in RETRY_PLAN) + "; still diverged = excluded from every mean",
+    }
+    if any(a in DATA_FREE_ATTACKS for a in config.attacks):
+        rules["data_free"] = DATAFREE_SELECTION_RULE
+    return rules
+
+
+def build_manifest(config: AuditConfig, runs: list[RunSpec], records: dict[str, RunRecord], splits: Splits,
+                   teacher_sha256: str, device: torch.device, wall_seconds: float) -> Manifest:
+    return Manifest(
+        teacher_sha256=teacher_sha256,
+        split_sha256=splits.split_sha256,
+        config=config.model_dump(mode="json"),
+        kdaudit_version=kdaudit.__version__,
+        git_commit=git_commit(),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        device=_device_name(device),
+        seeds=list(range(config.base_seed, config.base_seed + config.seeds)),
+        selection=selection_rules(config),
+        timing={"wall_seconds": round(wall_seconds, 1), "run_seconds": {r.key: records[r.key].seconds for r in runs}},
     )

@@ -40,6 +40,13 @@ Kind = Literal["scratch", "normal_kd", "skeptical", "nasty"]
 #: kinds whose loss needs the shared reference network's logits (teacher or adversary)
 NEEDS_REFERENCE = {"normal_kd", "skeptical", "nasty"}
 EVAL_BATCH = 1024
+#: a run whose validation accuracy never exceeds chance + this many points is "stuck at chance"
+CHANCE_MARGIN_PTS = 2.0
+
+
+def stuck_at_chance(curve: list[float], num_classes: int) -> bool:
+    """Watchdog rule: at least 2 epochs and every epoch's val accuracy <= 100/C + CHANCE_MARGIN_PTS."""
+    return len(curve) >= 2 and max(curve) <= 100.0 / num_classes + CHANCE_MARGIN_PTS
 
 
 @dataclass
@@ -55,6 +62,8 @@ class Member:
     window: float = 0.25
     nasty_omega: float = 0.04
     nasty_tau: float = 4.0
+    #: the divergence watchdog's "new seed" retry: shifts the init seed, never the record's seed
+    seed_offset: int = 0
 
 
 @dataclass
@@ -66,6 +75,8 @@ class MemberResult:
     teacher_queries: int
     seconds: float
     extra: dict = field(default_factory=dict)
+    #: why the divergence watchdog flagged this member (None: trained normally)
+    diverged: str | None = None
 
 
 @dataclass
@@ -92,7 +103,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_member_model(m: Member, splits: Splits) -> nn.Module:
-    torch.manual_seed(member_seed(m.seed, m.kind, m.arch))
+    torch.manual_seed(member_seed(m.seed + m.seed_offset, m.kind, m.arch))
     net = build_model(m.arch, splits.spec.num_classes, splits.spec.in_channels)
     return MultiExitNet(net) if m.kind == "skeptical" else net
 
@@ -215,6 +226,11 @@ class Cohort:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
         step, first_epoch = 0, 1
         keys = [m.key for m in self.members]
+        # divergence watchdog: a non-finite loss is flagged on device (no per-step sync) and
+        # checked once per epoch; a flagged member stops training, its cohort mates go on
+        # exactly as before (they never depend on it), and the caller may retrain it alone.
+        nonfinite = [torch.zeros((), dtype=torch.bool, device=dev) for _ in models]
+        diverged: list[str | None] = [None] * len(models)
         if checkpoint is not None and checkpoint.exists():
             state = torch.load(checkpoint, map_location=dev, weights_only=True)
             if state["keys"] != keys or state["epochs"] != sch.epochs:
@@ -226,6 +242,7 @@ class Cohort:
             best = [(b[0], b[1], b[2]) for b in state["best"]]
             curves, queries, clock = state["curves"], state["queries"], state["clock"]
             step, first_epoch = state["step"], state["epoch"] + 1
+            diverged = list(state.get("diverged", diverged))
         for epoch in range(first_epoch, sch.epochs + 1):
             for mdl in models:
                 mdl.train()
@@ -243,11 +260,14 @@ class Cohort:
                         ref = final_logits(self.reference, x).float()
                 lr = lr_at(step, total, sch.lr)
                 for i, (m, mdl, opt) in enumerate(zip(self.members, models, opts, strict=True)):
+                    if diverged[i] is not None:
+                        continue
                     t0 = time.perf_counter()
                     for g in opt.param_groups:
                         g["lr"] = lr
                     with autocast:
                         loss = self._loss(m, mdl, x, y, ref if uses_ref[i] else None)
+                    nonfinite[i] |= ~torch.isfinite(loss.detach())
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -255,6 +275,9 @@ class Cohort:
                     if uses_ref[i]:
                         queries[i] += len(idx)
                 step += 1
+            for i, flag in enumerate(nonfinite):
+                if diverged[i] is None and bool(flag):
+                    diverged[i] = f"non-finite (NaN/inf) loss in epoch {epoch}"
             accs = []
             for i, (m, mdl) in enumerate(zip(self.members, models, strict=True)):
                 acc = accuracy(predict(mdl, self.splits.x_val), self.splits.y_val)
@@ -270,15 +293,20 @@ class Cohort:
                     "keys": keys, "epochs": sch.epochs, "epoch": epoch, "step": step, "gen": gen.get_state(),
                     "models": [mdl.state_dict() for mdl in models], "opts": [opt.state_dict() for opt in opts],
                     "best": [list(b) for b in best], "curves": curves, "queries": queries, "clock": clock,
+                    "diverged": diverged,
                 })
             if on_epoch is not None:
                 for m, acc in zip(self.members, accs, strict=True):
                     on_epoch(EpochReport(m, epoch, sch.epochs, acc))
         results = []
         for i, (m, mdl) in enumerate(zip(self.members, models, strict=True)):
-            mdl.load_state_dict(best[i][2])
+            if best[i][2] is not None:
+                mdl.load_state_dict(best[i][2])
             mdl.eval()
-            results.append(MemberResult(m, mdl, best[i][1], curves[i], queries[i], round(clock[i], 3)))
+            reason = diverged[i]
+            if reason is None and stuck_at_chance(curves[i], spec.num_classes):
+                reason = f"validation accuracy stuck at chance (max {max(curves[i]):.1f}% <= {100.0 / spec.num_classes + CHANCE_MARGIN_PTS:.1f}%) for the whole run"
+            results.append(MemberResult(m, mdl, max(best[i][1], 1), curves[i], queries[i], round(clock[i], 3), diverged=reason))
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         return results

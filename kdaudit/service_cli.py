@@ -120,11 +120,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         proc.wait(5)
 
 
-@_guard
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from kdaudit.service.app import create_app
+def _settings_migrated(args: argparse.Namespace):
+    """The service settings for this command, with the database migrated when settings ask for it."""
     from kdaudit.store import migrate
     from kdaudit.store.settings import get_service_settings
 
@@ -132,6 +129,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = get_service_settings()
     if settings.should_auto_migrate:
         migrate.upgrade(settings.resolved_database_url)
+    return settings
+
+
+@_guard
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from kdaudit.service.app import create_app
+
+    settings = _settings_migrated(args)
     worker = None
     start = settings.embedded if args.worker is None else args.worker
     if start:
@@ -154,13 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_worker(args: argparse.Namespace) -> int:
-    from kdaudit.store import migrate
-    from kdaudit.store.settings import get_service_settings
-
-    _apply_data_dir(args)
-    settings = get_service_settings()
-    if settings.should_auto_migrate:
-        migrate.upgrade(settings.resolved_database_url)
+    settings = _settings_migrated(args)
     argv = worker_command(
         settings.queue, pool=args.pool, concurrency=args.concurrency, loglevel=args.log_level, embedded=settings.embedded
     )

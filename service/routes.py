@@ -110,6 +110,11 @@ def _release_db(fn):
     return wrapper
 
 
+def _page_fields(request: Request, total: int, limit: int, offset: int) -> dict:
+    """The pagination fields shared by every list response."""
+    return {"total": total, "limit": limit, "offset": offset, "next": _page_link(request, offset, limit, total)}
+
+
 def _page_link(request: Request, offset: int, limit: int, total: int) -> str | None:
     if offset + limit >= total:
         return None
@@ -303,13 +308,7 @@ def list_teachers(
     session: Session = Depends(get_session),
 ) -> TeacherList:
     items, total = repo.list_teachers(session, tenant.id, limit, offset)
-    return TeacherList(
-        items=[TeacherOut.of(t) for t in items],
-        total=total,
-        limit=limit,
-        offset=offset,
-        next=_page_link(request, offset, limit, total),
-    )
+    return TeacherList(items=[TeacherOut.of(t) for t in items], **_page_fields(request, total, limit, offset))
 
 
 @router.get("/teachers/{teacher_id}", response_model=TeacherOut, responses=_errors(_404="No such teacher (of yours)"))
@@ -462,13 +461,7 @@ def list_audits(
 ) -> AuditList:
     """Your audits, newest first."""
     items, total = repo.list_audits(session, tenant.id, limit, offset, status)
-    return AuditList(
-        items=[AuditOut.of(a) for a in items],
-        total=total,
-        limit=limit,
-        offset=offset,
-        next=_page_link(request, offset, limit, total),
-    )
+    return AuditList(items=[AuditOut.of(a) for a in items], **_page_fields(request, total, limit, offset))
 
 
 @router.get("/audits/{audit_id}", response_model=AuditOut, responses=_errors(_404="No such audit (of yours)"))

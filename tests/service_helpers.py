@@ -158,3 +158,17 @@ def free_port() -> int:
 
 def python() -> str:
     return sys.executable
+
+
+def embedded_settings(root: Path, **overrides: Any):
+    """ServiceSettings for an embedded (SQLite + filesystem broker) app under `root`, own queue."""
+    import uuid
+
+    from kdaudit.store.settings import ServiceSettings
+
+    base: dict[str, Any] = {
+        "data_dir": root / "data", "database_url": None, "broker_url": None, "storage_dir": None,
+        "auto_migrate": True, "queue": f"kdaudit-test-{uuid.uuid4().hex[:8]}",
+    }
+    return ServiceSettings(**{**base, **overrides})
+

@@ -12,7 +12,6 @@ valid input accepted (`negative_data_rejection`, `positive_data_acceptance`).
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -40,19 +39,13 @@ CHECKS = [
 def fuzz_env(tmp_path_factory):
     from kdaudit.service.app import create_app
     from kdaudit.store import migrate
-    from kdaudit.store.settings import ServiceSettings
 
     root = tmp_path_factory.mktemp("fuzz")
-    settings = ServiceSettings(
-        data_dir=root / "data",
-        database_url=None,
-        broker_url=None,
-        storage_dir=None,
-        auto_migrate=True,
+    settings = h.embedded_settings(
+        root,
         max_upload_bytes=64 * 1024,
         rate_limit_per_second=0,  # fuzzing sends hundreds of requests a second; limits: test_limits.py
         max_concurrent_audits_per_tenant=1000,
-        queue=f"kdaudit-fuzz-{uuid.uuid4().hex[:8]}",
     )
     migrate.upgrade(settings.resolved_database_url)
     settings.resolved_storage_dir.mkdir(parents=True, exist_ok=True)

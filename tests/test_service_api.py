@@ -25,14 +25,9 @@ PROBLEM = "application/problem+json"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
-    settings = ServiceSettings(
-        data_dir=root / "data",
-        database_url=None,
-        broker_url=None,
-        storage_dir=None,
-        auto_migrate=True,
+    settings = h.embedded_settings(
+        root,
         max_upload_bytes=64 * 1024,
-        queue=f"kdaudit-test-{uuid.uuid4().hex[:8]}",
     )
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -20,19 +20,14 @@ from kdaudit.store import migrate, repo  # noqa: E402
 from kdaudit.store.db import session_factory  # noqa: E402
 from kdaudit.store.files import FileStore, sha256_file  # noqa: E402
 from kdaudit.store.models import Audit, utcnow  # noqa: E402
-from kdaudit.store.settings import ServiceSettings  # noqa: E402
 from kdaudit.workers.tasks import execute_audit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("worker")
-    settings = ServiceSettings(
-        data_dir=root / "data",
-        database_url=None,
-        broker_url=None,
-        storage_dir=None,
-        auto_migrate=True,
+    settings = h.embedded_settings(
+        root,
         heartbeat_seconds=0.5,
         stale_after_seconds=30,
     )
