@@ -335,8 +335,47 @@ def _student_table(report: Report, student: str, kinds_all: list[str]) -> str:
             cells = "".join(f'<td class="num">{r.exit_accuracies[n]:.2f}</td>' if n in r.exit_accuracies else "<td>—</td>" for n in names)
             out.append(f'<tr><th scope="row">{_e(kind_label(r.kind))}, seed {r.seed}</th>{cells}</tr>')
         out.append("</tbody></table></div></details>")
+    out.extend(_fidelity_table(report, student, scratch, attacks))
     out.append("</section>")
     return "\n".join(out)
+
+
+def _fidelity_table(report: Report, student: str, scratch: Any, attacks: list[AttackResult]) -> list[str]:
+    """Fidelity to the teacher (mean over seeds); scratch is the baseline a copier must beat."""
+    rows = ([("scratch", scratch.fidelity)] if scratch is not None and scratch.fidelity is not None else []) + [
+        (a.attack, a.fidelity) for a in attacks if a.fidelity is not None
+    ]
+    if not rows:
+        return []
+    out = [
+        '<details><summary>Fidelity to the teacher: agreement, agreement on the teacher\'s mistakes, KL</summary>',
+        '<div class="table-wrap"><table>',
+        f"<caption>How closely the <code>{_e(student)}</code> student copies the teacher on the test split (mean over seeds). "
+        "Agreement on the teacher's mistakes: of the test images the teacher gets wrong, the share where the student "
+        "predicts the same wrong class; compare with scratch, which never saw the teacher.</caption>",
+        '<thead><tr><th scope="col">attack</th><th scope="col" class="num">top-1 agreement %</th>'
+        '<th scope="col" class="num">agreement on teacher mistakes %</th><th scope="col" class="num">teacher mistakes</th>'
+        '<th scope="col" class="num">max per-class gap (pts)</th><th scope="col" class="num">KL(T‖S), τ=1</th></tr></thead><tbody>',
+    ]
+    for kind, f in rows:
+        mis = "—" if f.mistake_agreement is None else f"{f.mistake_agreement:.1f}"
+        kl = "—" if f.kl is None else f"{f.kl:.3f}"
+        out.append(
+            f'<tr data-kind="{_e(kind)}"><th scope="row">{_e(kind_label(kind))}</th><td class="num">{f.agreement:.1f}</td>'
+            f'<td class="num">{mis}</td><td class="num">{f.teacher_mistakes}</td>'
+            f'<td class="num">{_pts(f.max_class_gap)}</td><td class="num">{kl}</td></tr>'
+        )
+    out.append("</tbody></table></div></details>")
+    excluded = [a for a in attacks if a.excluded_runs]
+    diverged = [r for r in report.runs if r.student == student and r.status != "ok"]
+    if diverged or excluded:
+        items = "".join(f"<li>{_e(kind_label(r.kind))}, seed {r.seed}: {_e(r.diverged_reason or 'diverged')}</li>" for r in diverged)
+        note = _e("; then ".join(RETRY_NOTE))
+        out.append(f'<p class="warn">Diverged runs, excluded from every number above (retries: {note}):</p><ul>{items}</ul>')
+    return out
+
+
+RETRY_NOTE = ("learning rate halved", "learning rate halved and a new seed")
 
 
 def _threat_model(report: Report, kinds: list[str]) -> str:

@@ -137,6 +137,7 @@ class RunRecord(BaseModel):
     fidelity_ensemble: Fidelity | None = Field(default=None, description="Multi-exit students: the exits' ensemble vs the teacher.")
     status: Literal["ok", "diverged"] = Field(default="ok", description="diverged: still NaN/inf or stuck at chance after every retry; excluded from all means.")
     retries: list[Retry] = Field(default_factory=list, description="Every retry of this run by the divergence watchdog.")
+    diverged_reason: str | None = Field(default=None, description="Why the last attempt still failed (status diverged only).")
 
 
 class StudentSummary(BaseModel):

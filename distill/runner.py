@@ -137,6 +137,7 @@ def _record(result: MemberResult, splits: Splits, teacher_logits: torch.Tensor |
         fidelity=fidelity,
         fidelity_ensemble=fidelity_ens,
         status="diverged" if result.diverged else "ok",
+        diverged_reason=result.diverged,
         retries=list(retries or []),
     )
 
@@ -303,10 +304,11 @@ def assemble_report(
                     excluded_runs=len(planned) - len(recs),
                 ))
 
-    if not attacks:
-        raise ValueError("cannot assemble a report: every attack run (or every scratch baseline) diverged; "
-                         "diverged runs: " + ", ".join(k for k, r in records.items() if r.status != "ok"))
-    best, verdict = decide_verdict(scratch, attacks)
+    if attacks:
+        best, verdict = decide_verdict(scratch, attacks)
+        best_attack, best_student = best.attack, best.student
+    else:  # every attack run (or every scratch baseline) diverged: nothing to compare, say so
+        verdict, best_attack, best_student = "inconclusive", "none", config.students[0]
     return Report(
         teacher=TeacherInfo(architecture=config.teacher_arch, sha256=teacher_sha256, accuracy=round(teacher_acc, 3),
                             num_classes=splits.spec.num_classes),
@@ -315,9 +317,9 @@ def assemble_report(
         scratch=[ScratchResult(student=s, accuracy=a, fidelity=scratch_fid.get(s)) for s, a in scratch.items()],
         attacks=attacks,
         summary=Summary(
-            delta_acc=delta_acc(attacks, best.student),
-            best_attack=best.attack,
-            best_student=best.student,
+            delta_acc=delta_acc(attacks, best_student),
+            best_attack=best_attack,
+            best_student=best_student,
             verdict=verdict,
             students=[StudentSummary(student=s, delta_acc=delta_acc(attacks, s)) for s in config.students],
         ),

@@ -100,7 +100,14 @@ class Progress(BaseModel):
     current_run: str | None
     epoch: int | None
     epochs: int | None
-    fraction: float = Field(description="Share of the audit done, 0..1 (finished runs plus the current run's epochs).")
+    fraction: float = Field(description="Share of the audit done, 0..1 (finished runs plus the epochs of the runs in training).")
+
+
+def _cohort_size(config: dict[str, Any] | None) -> int:
+    """Runs trained in lockstep per seed: scratch + each data-available attack, for every student."""
+    cfg = config or {}
+    attacks = [x for x in cfg.get("attacks", []) if not str(x).startswith("datafree_")]
+    return max(1, len(cfg.get("students", [])) * (1 + len(attacks)))
 
 
 class AuditOut(BaseModel):
@@ -128,6 +135,10 @@ class AuditOut(BaseModel):
                 partial = min(a.current_epoch / a.epochs, 1.0)
                 if partial >= 1.0:
                     partial = 0.0  # run finished; runs_done already counts it
+                # the engine trains a seed's data-available runs together (one cohort), so that many
+                # runs are this far along, not just the one named in current_run
+                if not (a.current_run or "").startswith("datafree_"):
+                    partial *= min(_cohort_size(a.config), total - a.runs_done)
             frac = min((a.runs_done + partial) / total, 1.0)
         return cls(
             id=a.id,
