@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 SCHEMA = "kdaudit.report/v1"
 Verdict = Literal["leaks", "resists", "inconclusive"]
@@ -175,7 +175,7 @@ class Manifest(BaseModel):
     torch: str
     cuda: str | None = None
     device: str
-    seeds: list[int]
+    seeds: list[StrictInt]
     selection: dict[str, str] = Field(description="How every number was selected: which split, which epochs.")
     timing: dict[str, Any] = Field(default_factory=dict, description="wall_seconds and per-run seconds (not part of the identity).")
 

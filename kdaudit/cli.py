@@ -74,11 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdaudit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_engine_commands(sub)
-    from kdaudit import demo, render_cli, service_cli
+    from kdaudit import demo, render_cli, service_cli, verdict_cli
 
     demo.register_demo(sub)
     service_cli.register(sub)
     render_cli.register(sub)
+    verdict_cli.register(sub)
     return parser
 
 

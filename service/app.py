@@ -33,6 +33,7 @@ from kdaudit.service.deps import reject_unknown_query
 from kdaudit.service.limits import BodySizeLimit, make_rate_limiter
 from kdaudit.service.problems import PROBLEM_JSON, problem_response
 from kdaudit.service.routes import router
+from kdaudit.service.verdict_routes import router as verdict_router
 from kdaudit.store import db, migrate
 from kdaudit.store.files import FileStore
 from kdaudit.store.settings import coerce_settings
@@ -197,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=s.max_json_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # added last = outermost of the user middleware
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
+    app.include_router(verdict_router)
     app.include_router(router)
     app.include_router(web.router)
 
