@@ -330,6 +330,21 @@ def _audit_or_404(session: Session, tenant: Tenant, audit_id: str) -> Audit:
     return audit
 
 
+def report_body_or_409(session: Session, tenant: Tenant, audit_id: str, settings: ServiceSettings) -> dict:
+    """The stored report of one of the tenant's audits: 404 if not theirs, 409 (with
+    Retry-After while it still runs) until the audit has succeeded. Shared by JSON and HTML."""
+    audit = _audit_or_404(session, tenant, audit_id)
+    row = repo.get_report(session, audit.id) if audit.status == "succeeded" else None
+    if row is None:
+        finished = repo.is_finished(audit.status)
+        headers = {} if finished else {"Retry-After": str(settings.retry_after_seconds)}
+        why = f"the audit {audit.status}" + (f": {audit.error}" if audit.error else "")
+        if not finished:
+            why = f"the audit is {audit.status} ({audit.runs_done}/{audit.runs_total} runs done)"
+        raise Problem(409, f"no report yet: {why}", slug="report-not-ready", headers=headers, audit_status=audit.status)
+    return row.body
+
+
 def _audit_response(response: Response, audit: Audit, settings: ServiceSettings) -> AuditOut:
     if not repo.is_finished(audit.status):
         response.headers["Retry-After"] = str(settings.retry_after_seconds)
@@ -497,15 +512,7 @@ def get_report(
     """The `kdaudit.report/v1` JSON; 409 until the audit has succeeded."""
     from fastapi.responses import JSONResponse
 
-    audit = _audit_or_404(session, tenant, audit_id)
-    row = repo.get_report(session, audit.id) if audit.status == "succeeded" else None
-    if row is None:
-        headers = {} if repo.is_finished(audit.status) else {"Retry-After": str(settings.retry_after_seconds)}
-        why = f"the audit {audit.status}" + (f": {audit.error}" if audit.error else "")
-        if not repo.is_finished(audit.status):
-            why = f"the audit is {audit.status} ({audit.runs_done}/{audit.runs_total} runs done)"
-        raise Problem(409, f"no report yet: {why}", slug="report-not-ready", headers=headers, audit_status=audit.status)
-    return JSONResponse(row.body)
+    return JSONResponse(report_body_or_409(session, tenant, audit_id, settings))
 
 
 @router.post(

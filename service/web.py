@@ -31,7 +31,7 @@ import kdaudit
 from kdaudit.service.auth import current_tenant
 from kdaudit.service.deps import get_session, get_settings
 from kdaudit.service.problems import Problem
-from kdaudit.store import repo
+from kdaudit.service.routes import _release_db, report_body_or_409
 from kdaudit.store.models import Tenant
 from kdaudit.store.settings import ServiceSettings
 
@@ -138,6 +138,7 @@ def _render_cached(audit_id: str, body: dict[str, Any]) -> str:
         409: {"description": "The audit has not succeeded (yet)"},
     },
 )
+@_release_db
 def get_report_html(
     audit_id: AuditId,
     tenant: Tenant = Depends(current_tenant),
@@ -145,24 +146,13 @@ def get_report_html(
     session: Session = Depends(get_session),
 ) -> Response:
     """The report as a self-contained HTML page (inline CSS and SVG plots, no scripts); 409 until the audit has succeeded."""
-    audit = repo.get_audit(session, tenant.id, audit_id)
-    if audit is None:
-        raise Problem(404, f"no audit {audit_id}", slug="not-found")
-    row = repo.get_report(session, audit.id) if audit.status == "succeeded" else None
-    if row is None:
-        finished = repo.is_finished(audit.status)
-        headers = {} if finished else {"Retry-After": str(settings.retry_after_seconds)}
-        why = f"the audit {audit.status}" + (f": {audit.error}" if audit.error else "")
-        if not finished:
-            why = f"the audit is {audit.status} ({audit.runs_done}/{audit.runs_total} runs done)"
-        raise Problem(409, f"no report yet: {why}", slug="report-not-ready", headers=headers, audit_status=audit.status)
-    body = row.body
-    text = _render_cached(audit.id, body)  # a sync route: FastAPI runs it in the thread pool
+    body = report_body_or_409(session, tenant, audit_id, settings)
+    text = _render_cached(audit_id, body)  # a sync route: FastAPI runs it in the thread pool
     return HTMLResponse(
         text,
         headers={
             "Content-Security-Policy": REPORT_CSP,
-            "Content-Disposition": f'inline; filename="kdaudit-report-{audit.id}.html"',
+            "Content-Disposition": f'inline; filename="kdaudit-report-{audit_id}.html"',
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "private, max-age=300",
         },
