@@ -172,3 +172,10 @@ def embedded_settings(root: Path, **overrides: Any):
     }
     return ServiceSettings(**{**base, **overrides})
 
+
+def production_settings(root: Path, database_url: str, **overrides: Any):
+    """ServiceSettings for the real PostgreSQL + Redis stack under `root`, with its own queue
+    (never steal other runs' tasks); migrations are the test's job."""
+    return embedded_settings(root, database_url=database_url, broker_url=REDIS_URL,
+                             storage_dir=root / "teachers", auto_migrate=False, **overrides)
+

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -58,16 +57,10 @@ def test_sigkill_mid_audit_resumes_without_recomputing(tmp_path):
     h.require("Redis", h.check_redis)
     from kdaudit.service.app import create_app
     from kdaudit.store import migrate
-    from kdaudit.store.settings import ServiceSettings
 
     name, url = h.create_database("kdaudit_crash")
-    settings = ServiceSettings(
-        data_dir=tmp_path / "data",
-        database_url=url,
-        broker_url=h.REDIS_URL,
-        storage_dir=tmp_path / "teachers",
-        auto_migrate=False,
-        queue=f"kdaudit-crash-{uuid.uuid4().hex[:10]}",
+    settings = h.production_settings(
+        tmp_path, url,
         heartbeat_seconds=0.5,
         stale_after_seconds=4.0,
         sweep_seconds=1.0,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,11 @@ def stack(tmp_path_factory):
     h.require("Redis", h.check_redis)
     from kdaudit.service.app import create_app
     from kdaudit.store import migrate
-    from kdaudit.store.settings import ServiceSettings
 
     root = tmp_path_factory.mktemp("pg")
     name, url = h.create_database()
-    settings = ServiceSettings(
-        data_dir=root / "data",
-        database_url=url,
-        broker_url=h.REDIS_URL,
-        storage_dir=root / "teachers",
-        auto_migrate=False,
-        queue=f"kdaudit-test-{uuid.uuid4().hex[:10]}",  # our own queue: never steal other runs' tasks
+    settings = h.production_settings(
+        root, url,
         heartbeat_seconds=1.0,
     )
     try:
