@@ -33,3 +33,16 @@ class CancelledError(KdauditError):
     """The audit was cancelled by its owner; raised between epochs."""
 
     context = "cancelled"
+
+
+class RemoteTeacherError(InputError):
+    """A remote teacher refused a request (HTTP 4xx other than 429) or answered something that
+    is not a valid response. Not retried: asking again would get the same answer."""
+
+    context = "remote teacher"
+
+
+class TeacherUnavailableError(KdauditError):
+    """A remote teacher kept failing (connection errors, timeouts, 5xx, 429) after every retry."""
+
+    context = "remote teacher"

@@ -25,6 +25,8 @@ TRAINED_ATTACKS: tuple[str, ...] = (
 DATA_FREE_ATTACKS: tuple[str, ...] = ("datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical")
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "npz"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+#: `teacher_arch` of a teacher reached over HTTP (distill/remote.py)
+REMOTE_ARCH = "remote"
 
 
 class TrainSchedule(BaseModel):
@@ -97,6 +99,79 @@ class DataFreeSettings(BaseModel):
     selection_samples: int = Field(default=256, ge=10, le=100_000, description="Held-out generated images per checkpoint for selection (teacher-labelled, never trained on).")
 
 
+class ThreatModel(BaseModel):
+    """What the thief sees of the teacher and how much it may ask (distill/access.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(default="logits", description="Output policy: logits, probs, probs@T, topK, topK-renorm, roundN, label.")
+    query_budget: int | None = Field(default=None, ge=1, description="Cap on billed teacher queries (images) per run; None = no cap.")
+    billing: Literal["distinct", "every"] = Field(
+        default="distinct", description="distinct: a repeated image is billed once (the thief caches); every: each image sent is billed.",
+    )
+
+    @field_validator("output")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        return _policy(v)
+
+
+class SweepSettings(BaseModel):
+    """Extra settings to audit besides the base one: one table per axis in the report.
+
+    `each` changes one axis at a time from the base setting (the paper's studies); `grid`
+    runs every combination of the listed values. Student architectures are swept by
+    listing several `students`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    outputs: list[str] = Field(default_factory=list, max_length=8, description="Output policies (threat.output is the base).")
+    fractions: list[float] = Field(default_factory=list, max_length=8, description="Shares of the training set the thief has.")
+    ac_stages: list[int] = Field(default_factory=list, max_length=3, description="Skeptical student: stage whose exit takes the teacher loss.")
+    temperatures: list[float] = Field(default_factory=list, max_length=8, description="KD temperatures tau.")
+    mode: Literal["each", "grid"] = "each"
+
+    @field_validator("outputs")
+    @classmethod
+    def _known_policies(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(_policy(p) for p in v))
+
+    @field_validator("fractions")
+    @classmethod
+    def _valid_fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError("every fraction must be in (0, 1]")
+        return list(dict.fromkeys(v))
+
+    @field_validator("ac_stages")
+    @classmethod
+    def _valid_stages(cls, v: list[int]) -> list[int]:
+        if any(s not in (1, 2, 3) for s in v):
+            raise ValueError("AC stages are 1, 2 or 3")
+        return list(dict.fromkeys(v))
+
+    @field_validator("temperatures")
+    @classmethod
+    def _valid_temperatures(cls, v: list[float]) -> list[float]:
+        if any(not 0 < t <= 100 for t in v):
+            raise ValueError("every temperature must be in (0, 100]")
+        return list(dict.fromkeys(v))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.outputs or self.fractions or self.ac_stages or self.temperatures)
+
+
+def _policy(spec: str) -> str:
+    from kdaudit.distill.access import parse_policy
+
+    try:
+        return parse_policy(spec)
+    except InputError as e:
+        raise ValueError(str(e)) from None
+
+
 class AuditConfig(BaseModel):
     """Everything that determines an audit's numbers (besides the teacher file itself)."""
 
@@ -119,6 +194,12 @@ class AuditConfig(BaseModel):
     kd: KDSettings = Field(default_factory=KDSettings)
     skeptical: SkepticalSettings = Field(default_factory=SkepticalSettings)
     datafree: DataFreeSettings = Field(default_factory=DataFreeSettings)
+    threat: ThreatModel = Field(default_factory=ThreatModel)
+    sweep: SweepSettings = Field(default_factory=SweepSettings)
+    panel: Literal["standard"] | None = Field(
+        default=None, description="A named attack panel (distill/variants.py): standard = KD at tau 1/4/20, "
+        "skeptical at two AC depths, DFAD (data-free, black-box) and label-only KD.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -154,6 +235,8 @@ class AuditConfig(BaseModel):
     def _known_teacher(cls, v: str) -> str:
         from kdaudit.models.registry import parse_arch
 
+        if v.strip().lower() == REMOTE_ARCH:
+            return REMOTE_ARCH  # a teacher behind an HTTP endpoint: its architecture is unknown and not needed
         try:
             return parse_arch(v)
         except InputError as e:

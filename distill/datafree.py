@@ -41,6 +41,15 @@ that class's images the student's final exit labels the same), and the best one 
 A collapsed student (one or two classes) scores low on a pool gathered over the whole run,
 whatever the generator produces at the end. The test split is only used by the caller,
 for the reported accuracy.
+
+Watchdog (the data-free counterpart of the cohort trainer's, distill/train.py): a run is
+flagged `diverged` when (a) a student or generator loss was non-finite (flagged on device,
+read once per checkpoint; training stops at that checkpoint), (b) the generator collapsed:
+at the selected checkpoint and the ones just before it the teacher put almost all the
+held-out generated images into one or two classes (`generator_collapse`), so the student we
+would report learnt from, and was chosen on, a degenerate view of the task, or (c) the
+selection score stayed at chance for the whole run (`stuck_at_chance`). `retry_datafree`
+then retrains per `DATAFREE_RETRY_PLAN`, and every attempt's teacher queries count.
 """
 
 from __future__ import annotations
@@ -60,7 +69,14 @@ from kdaudit.core.errors import InputError
 from kdaudit.distill.config import DATA_FREE_ATTACKS, DataFreeSettings, KDSettings, SkepticalSettings
 from kdaudit.distill.data import Splits
 from kdaudit.distill.losses import self_distillation_loss, soft_kl
-from kdaudit.distill.train import EpochReport, Member, MemberResult, member_seed
+from kdaudit.distill.train import (
+    CHANCE_MARGIN_PTS,
+    EpochReport,
+    Member,
+    MemberResult,
+    member_seed,
+    stuck_at_chance,
+)
 from kdaudit.models import build_model
 from kdaudit.models.base import StagedNet
 from kdaudit.models.generator import Generator
@@ -90,6 +106,16 @@ PAPER = {
 
 def _dataset_default(dataset: str, fam: str, key: str) -> int | None:
     return DATASET_DEFAULTS.get(dataset, DATASET_DEFAULTS["npz"])[fam].get(key)
+
+
+def reference_iterations(attack: str, dataset: str) -> int:
+    """The dataset's default iteration count for `attack` (the papers' for CIFAR-10): what
+    the cost of theft extrapolates a data-free run to (distill/cost.py)."""
+    n = _dataset_default(dataset, family(attack), "iterations")
+    assert n is not None
+    return n
+
+
 GRAD_CLIP = 5.0  # ZSKT's official code clips both networks' gradients at norm 5
 
 
@@ -275,6 +301,83 @@ def student_outputs(model: nn.Module, x: torch.Tensor, with_features: bool) -> t
     return [model(x)], []
 
 
+# ----------------------------------------------------------------------------------- watchdog
+
+#: generator collapse: the teacher's two most frequent classes hold at least this share of a
+#: checkpoint's held-out generated images ...
+COLLAPSE_TOP2_SHARE = 0.9
+#: ... at the selected checkpoint and the checkpoints just before it, this many in all
+#: (fewer when the selected checkpoint is one of the first).
+#: Calibration (digits, normal cnn-16-32-32-64 teacher, cnn-4-8-8-16 students, the runs of
+#: tests/test_datafree.py plus seeds 0-2 of ZSKT / DFAD / DFAD with teacher gradient at the
+#: default 20 checkpoints): top-2 shares 0.29-0.65 from checkpoint 3 on, 0.46-0.89 at
+#: checkpoint 1 (the untrained generator: 0.887 for ZSKT seed 0, 0.64 for DFAD), 0.50-0.75
+#: in the 2-6 iteration smoke runs; healthy runs select checkpoint 11-20, where the window's
+#: highest share was 0.65. A teacher that answers one class gives 1.0. No healthy run fired.
+COLLAPSE_CHECKPOINTS = 3
+#: the watchdog's retries, in order: (generator lr factor, student lr factor, seed offset,
+#: documented change); mirrors the cohort trainer's RETRY_PLAN (distill/runner.py).
+DATAFREE_RETRY_PLAN: tuple[tuple[float, float, int, str], ...] = (
+    (0.5, 0.5, 0, "generator and student learning rates halved"),
+    (0.5, 0.5, 1, "generator and student learning rates halved and a new seed "
+                  "(student and generator init, latents offset by 1)"),
+)
+WATCHDOG_RULE = (
+    "diverged if a loss was NaN/inf; or if the generator collapsed (the teacher's top-2 classes held "
+    f">= {COLLAPSE_TOP2_SHARE:.0%} of the held-out generated images at the selected checkpoint and the "
+    f"{COLLAPSE_CHECKPOINTS - 1} before it); or if the selection score never exceeded chance + "
+    f"{CHANCE_MARGIN_PTS:g} pts; retried: " + "; then ".join(c for *_, c in DATAFREE_RETRY_PLAN)
+)
+
+
+def top2_share(counts: list[int]) -> tuple[float, list[int]]:
+    """(share of the two most frequent classes, those classes) of one checkpoint's teacher labels."""
+    total = sum(counts)
+    if total == 0:
+        return 0.0, []
+    top = sorted(range(len(counts)), key=lambda c: (-counts[c], c))[:2]
+    top = [c for c in top if counts[c] > 0]
+    return sum(counts[c] for c in top) / total, top
+
+
+def generator_collapse(class_counts: list[list[int]], selected: int) -> str | None:
+    """Collapse rule: every checkpoint in the window ending at `selected` (0-based, the
+    chosen snapshot) has top-2 share >= COLLAPSE_TOP2_SHARE. Returns the reason, or None.
+
+    Judged at the selected checkpoint, not the last one: a generator that collapses after the
+    chosen snapshot (DESIGN.md's late-collapse trap) did not shape the student we report, and
+    one that collapsed early and recovered did not either.
+    """
+    window = range(max(0, selected - COLLAPSE_CHECKPOINTS + 1), selected + 1)
+    stats = [top2_share(class_counts[k]) for k in window]
+    if not stats or any(share < COLLAPSE_TOP2_SHARE for share, _ in stats):
+        return None
+    pooled = [sum(class_counts[k][c] for k in window) for c in range(len(class_counts[selected]))]
+    share, top = top2_share(pooled)
+    where = f"checkpoint {window[0] + 1}" if len(window) == 1 else f"checkpoints {window[0] + 1}-{window[-1] + 1}"
+    classes = " and ".join(str(c) for c in top)
+    return (
+        f"generator collapse: {share:.0%} of the teacher's predictions on generated images in "
+        f"class{'es' if len(top) > 1 else ''} {classes} at {where} (the selected checkpoint is {selected + 1})"
+    )
+
+
+def watchdog_reason(nonfinite_at: int | None, class_counts: list[list[int]], selected: int,
+                    scores: list[float], num_classes: int) -> str | None:
+    """The first rule that fires, in order: non-finite loss, generator collapse, chance."""
+    if nonfinite_at is not None:
+        return f"non-finite (NaN/inf) loss before checkpoint {nonfinite_at}; training stopped there"
+    collapse = generator_collapse(class_counts, selected)
+    if collapse is not None:
+        return collapse
+    if stuck_at_chance(scores, num_classes):
+        return (
+            f"selection score stuck at chance (max {max(scores):.1f}% <= "
+            f"{100.0 / num_classes + CHANCE_MARGIN_PTS:.1f}% balanced agreement) at every checkpoint"
+        )
+    return None
+
+
 # ------------------------------------------------------------------------------------ trainer
 
 
@@ -316,12 +419,15 @@ def train_datafree(
     device: torch.device | None = None,
     key: str | None = None,
     on_checkpoint: Callable[[EpochReport], None] | None = None,
+    seed_offset: int = 0,
 ) -> MemberResult:
     """Train one data-free student; return it at the checkpoint chosen without real data.
 
     `splits` supplies only the task's shape (classes, channels, image size) and the input
     range; no image from it is used. The returned `extra` holds the teacher access, the
-    plan, the selection rule and the generator.
+    plan, the selection rule, the watchdog's per-checkpoint class counts and the generator.
+    `diverged` is the watchdog's reason (None: trained normally). `seed_offset` is the
+    retry's "new seed": it shifts the inits and latents, never the record's seed.
     """
     settings = settings or DataFreeSettings()
     kd = kd or KDSettings()
@@ -331,11 +437,11 @@ def train_datafree(
     fam, skep = family(attack), is_skeptical(attack)
     plan = plan_datafree(attack, settings, splits.spec.name)
     spec = splits.spec
-    member = Member(key or f"{attack}/{arch}/seed{seed}", attack, arch, seed)  # type: ignore[arg-type]
+    member = Member(key or f"{attack}/{arch}/seed{seed}", attack, arch, seed, seed_offset=seed_offset)  # type: ignore[arg-type]
     teacher.eval()
     access = TeacherAccess(teacher, plan.budget, grey_box=access_of(attack, settings) == "grey_box")
 
-    base = member_seed(seed, attack, arch)
+    base = member_seed(seed + seed_offset, attack, arch)
     torch.manual_seed(base)
     net = build_model(arch, spec.num_classes, spec.in_channels)
     student: nn.Module = (MultiExitNet(net) if skep else net).to(dev)
@@ -381,7 +487,12 @@ def train_datafree(
             + sk.gamma_ce * F.cross_entropy(exits[0], y)
         )
 
+    # watchdog (a): a non-finite loss (student's or generator's) sets this flag on the device;
+    # it is read once per checkpoint, so there is no host sync per step
+    nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+
     def step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter] | None = None) -> None:
+        nonfinite.logical_or_(~torch.isfinite(loss.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward(inputs=params)
         if fam == "zskt":
@@ -405,6 +516,8 @@ def train_datafree(
     pool_t: list[torch.Tensor] = []
     snapshots: list[dict[str, torch.Tensor]] = []
     curve: list[float] = []
+    class_counts: list[list[int]] = []  # per checkpoint: teacher argmax histogram of the held-out images
+    nonfinite_at: int | None = None
     started = time.perf_counter()
     student.train()
     gen.train()
@@ -432,11 +545,15 @@ def train_datafree(
                 xs = gen(z_sel)
             pool_x.append(xs)
             pool_t.append(access.logits(xs).argmax(1))
+            class_counts.append(torch.bincount(pool_t[-1], minlength=spec.num_classes).tolist())
             snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()})
             score = balanced_agreement(student, torch.cat(pool_x), torch.cat(pool_t))
             curve.append(round(score if math.isfinite(score) else 0.0, 3))
             if on_checkpoint is not None:
                 on_checkpoint(EpochReport(member, len(curve), plan.checkpoints, curve[-1]))
+            if bool(nonfinite):
+                nonfinite_at = len(curve)
+                break
     seconds = time.perf_counter() - started
 
     # final selection: every snapshot scored on the whole pool (the same images for all)
@@ -449,6 +566,7 @@ def train_datafree(
     best = max(range(len(scores)), key=lambda i: (scores[i], i))
     student.load_state_dict(snapshots[best])
     student.eval()
+    reason = watchdog_reason(nonfinite_at, class_counts, best, scores, spec.num_classes)
     # val_curve = the selection scores (same pool for every checkpoint), so best_epoch is its argmax
     return MemberResult(
         member, student, best + 1, [round(s, 3) for s in scores], access.queries, round(seconds, 3),
@@ -458,6 +576,72 @@ def train_datafree(
             "selection_rule": SELECTION_RULE,
             "access": access_of(attack, settings),
             "teacher_pool_classes": int(pt.unique().numel()),
+            "generated_class_counts": class_counts,
+            "generated_top2_share": [round(top2_share(c)[0], 4) for c in class_counts],
+            "watchdog_rule": WATCHDOG_RULE,
             "generator": gen.eval(),
         },
+        diverged=reason,
     )
+
+
+def retry_datafree(
+    result: MemberResult,
+    splits: Splits,
+    teacher: nn.Module,
+    settings: DataFreeSettings | None = None,
+    *,
+    kd: KDSettings | None = None,
+    skeptical: SkepticalSettings | None = None,
+    device: torch.device | None = None,
+    on_checkpoint: Callable[[EpochReport], None] | None = None,
+) -> tuple[MemberResult, list[tuple[str, str]]]:
+    """Retrain a run the watchdog flagged, per DATAFREE_RETRY_PLAN, until it trains or the plan runs out.
+
+    Returns the last attempt and one (reason, change) per retry: why the previous attempt
+    failed and what this one changed (the report's `Retry` records). A run that was not
+    flagged comes back unchanged with no retries.
+
+    The thief paid for every attempt, so the returned `teacher_queries` and `seconds` are the
+    sums over all attempts (each attempt's own figures are in `extra["attempts"]`). Under a
+    query budget the budget caps the whole run: each retry gets what the previous attempts
+    left, and when that is too small for another attempt the retries stop and the reason says
+    so. `on_checkpoint` is passed to every retry, whose checkpoints count from 1 again.
+    """
+    if result.diverged is None:
+        return result, []
+    settings = settings or DataFreeSettings()
+    m = result.member
+    fam = family(m.kind)
+    attempts = [{"teacher_queries": result.teacher_queries, "seconds": result.seconds, "diverged": result.diverged}]
+    retries: list[tuple[str, str]] = []
+    for g_factor, s_factor, offset, change in DATAFREE_RETRY_PLAN:
+        if result.diverged is None:
+            break
+        spent = sum(a["teacher_queries"] for a in attempts)
+        update: dict[str, float | int] = {
+            "generator_lr": settings.generator_lr * g_factor,
+            "zskt_student_lr": settings.zskt_student_lr * s_factor,
+            "dfad_student_lr": settings.dfad_student_lr * s_factor,
+        }
+        if settings.budget is not None:
+            update["budget"] = settings.budget - spent
+        cfg = settings.model_copy(update=update)
+        if settings.budget is not None:
+            try:
+                plan_datafree(m.kind, cfg, splits.spec.name)
+            except InputError:
+                result.diverged += (f"; not retried: {settings.budget - spent:,} of the run's {settings.budget:,} "
+                                    "teacher queries left, too few for another attempt")
+                break
+        student_lr = cfg.zskt_student_lr if fam == "zskt" else cfg.dfad_student_lr
+        retries.append((result.diverged, f"{change} (generator lr {cfg.generator_lr:g}, student lr {student_lr:g}, seed offset {offset})"))
+        result = train_datafree(
+            m.kind, m.arch, m.seed, splits, teacher, cfg, kd=kd, skeptical=skeptical, device=device,
+            key=m.key, on_checkpoint=on_checkpoint, seed_offset=offset,
+        )
+        attempts.append({"teacher_queries": result.teacher_queries, "seconds": result.seconds, "diverged": result.diverged})
+    result.teacher_queries = sum(a["teacher_queries"] for a in attempts)
+    result.seconds = round(sum(a["seconds"] for a in attempts), 3)
+    result.extra["attempts"] = attempts
+    return result, retries

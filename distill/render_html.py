@@ -107,6 +107,8 @@ def noise_margin(report: Report, attack: AttackResult) -> float:
 def verdict_sentence(report: Report) -> str:
     """The verdict in one plain-text sentence, with the numbers behind it."""
     s = report.summary
+    if report.variants and s.headline:  # several settings: the verdict is the weakest setting's
+        return s.headline
     best = next((a for a in report.attacks if a.attack == s.best_attack and a.student == s.best_student), None)
     word = VERDICT_WORDS.get(s.verdict, s.verdict.upper())
     if best is None:  # a hand-edited report; say what we can
@@ -391,6 +393,13 @@ def _threat_model(report: Report, kinds: list[str]) -> str:
         for k in kinds
     )
     pct = f"{d.fraction * 100:g}%"
+    th = report.threat
+    seen = th.output_description if th is not None else "its output scores"
+    budget = ""
+    if th is not None and th.query_budget is not None:
+        budget = f", at most {th.query_budget:,} billed queries per run"
+    if th is not None and th.remote:
+        budget += f"; the teacher is the endpoint {th.remote.get('url', '')}"
     return f"""
 <section aria-labelledby="h-teacher" class="cols">
 <div>
@@ -403,8 +412,8 @@ def _threat_model(report: Report, kinds: list[str]) -> str:
 </div>
 <div>
 <h2 id="h-threat">Threat model</h2>
-<p>The thief can send images to the teacher and read its output scores (black-box query access,
-no weights). They hold {pct} of the {_e(d.name)} training split &mdash; {d.train_size:,} labelled images,
+<p>The thief can send images to the teacher and read {_e(seen)} (black-box query access,
+no weights){_e(budget)}. They hold {pct} of the {_e(d.name)} training split &mdash; {d.train_size:,} labelled images,
 {d.val_size:,} more for validation &mdash; and train students of {students}
 for {_e(sched.get("epochs", "?"))} epochs, {_e(c.get("seeds", "?"))} seed(s) each
 (up to {queries:,} teacher queries per attack and student, summed over seeds).
@@ -413,6 +422,40 @@ skeptical exit stage: {_e(sk.get("ac_stage") or "architecture default")}.</p>
 <ul class="kinds">{items}</ul>
 </div>
 </section>"""
+
+
+def _settings_section(report: Report) -> str:
+    """Worst case and one table per sweep/panel, when the audit covered more than one setting."""
+    if not report.sweeps and report.summary.worst_case is None:
+        return ""
+    parts = ['<section aria-labelledby="h-settings">', '<h2 id="h-settings">Settings audited</h2>']
+    wc = report.summary.worst_case
+    if wc is not None:
+        parts.append(
+            f'<p id="worst-case"><strong>Worst case for the owner:</strong> {_e(kind_label(wc.attack))} on <code>{_e(wc.student)}</code> '
+            f"under {_e(wc.description)} reaches {_pct(wc.accuracy.mean)} ± {wc.accuracy.std:.2f} "
+            f"({wc.delta_base:+.2f} pts against scratch, {wc.teacher_queries:,} teacher queries; that setting's verdict: "
+            f"{_e(VERDICT_WORDS.get(wc.verdict, wc.verdict))}).</p>"
+        )
+    for table in report.sweeps:
+        rows = "".join(
+            f"<tr><td>{_e(r.value)}</td><td>{_e(kind_label(r.attack))}</td><td><code>{_e(r.student)}</code></td>"
+            f'<td class="num">{r.accuracy.mean:.2f} ± {r.accuracy.std:.2f}</td><td class="num">{r.delta_base:+.2f}</td>'
+            f'<td class="num">{r.teacher_queries:,}</td></tr>'
+            for r in table.rows
+        )
+        parts.append(
+            f'<div class="table-wrap"><table data-axis="{_e(table.axis)}"><caption>{_e(table.axis)} '
+            f"(base: {_e(table.base_value)})</caption><thead><tr><th>{_e(table.axis)}</th><th>attack</th><th>student</th>"
+            f'<th class="num">accuracy %</th><th class="num">Δbase</th><th class="num">queries</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>"
+        )
+    if report.threat is not None:
+        parts.append(f'<p class="meta">Billing: {_e(report.threat.billing)}. '
+                     f"The auditor's own test-split queries ({report.threat.evaluation_queries:,}) are not billed to any thief.</p>")
+        parts += [f'<p class="meta">{_e(n)}</p>' for n in report.threat.notes]
+    parts.append("</section>")
+    return "\n".join(parts)
 
 
 _CSS = """
@@ -506,6 +549,7 @@ dots the single seeds; the dashed line is the teacher.</figcaption></figure>
 <h2 id="h-tables">Results per student architecture</h2>
 {tables}
 </section>
+{_settings_section(report)}
 <section aria-labelledby="h-rule">
 <h2 id="h-rule">How the verdict is decided</h2>
 <p class="rule">{_e(s.rule)}</p>

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
+from kdaudit.distill.cost import TheftCost
+
 SCHEMA = "kdaudit.report/v1"
 Verdict = Literal["leaks", "resists", "inconclusive"]
 Setting = Literal["data_available", "data_free"]
@@ -109,6 +111,7 @@ class AttackResult(BaseModel):
     access: Access | None = Field(default=None, description="What the attack needs from the teacher: output vectors (black_box), also activations (grey_box), or weights (white_box).")
     fidelity: Fidelity | None = Field(default=None, description="Mean over the seeds' runs (ensemble exit for *_e variants).")
     excluded_runs: int = Field(default=0, description="Runs of this attack that diverged even after retries; left out of every number here.")
+    cost: TheftCost | None = Field(default=None, description="Measured cost per run and its extrapolation to a full-scale attack (distill/cost.py).")
 
 
 class Retry(BaseModel):
@@ -135,9 +138,70 @@ class RunRecord(BaseModel):
     selection: str | None = Field(default=None, description="How the checkpoint was chosen, when not by validation accuracy.")
     fidelity: Fidelity | None = Field(default=None, description="Final exit vs the teacher on the test split.")
     fidelity_ensemble: Fidelity | None = Field(default=None, description="Multi-exit students: the exits' ensemble vs the teacher.")
-    status: Literal["ok", "diverged"] = Field(default="ok", description="diverged: still NaN/inf or stuck at chance after every retry; excluded from all means.")
+    status: Literal["ok", "diverged"] = Field(default="ok", description="diverged: still NaN/inf, stuck at chance or (data-free) with a collapsed generator after every retry; excluded from all means.")
     retries: list[Retry] = Field(default_factory=list, description="Every retry of this run by the divergence watchdog.")
     diverged_reason: str | None = Field(default=None, description="Why the last attempt still failed (status diverged only).")
+    variant: str = Field(default="base", description="The audited setting this run belongs to (distill/variants.py).")
+    output: str = Field(default="logits", description="Output policy the thief saw (distill/access.py).")
+    stopped: str | None = Field(default=None, description="Why training ended before its schedule (the query budget ran out).")
+
+
+class VariantResult(BaseModel):
+    """One audited setting besides the base one (a sweep point or a panel entry)."""
+
+    name: str = Field(description="e.g. output=top5, fraction=0.1, temperature=20, ac_stage=1 (comma-joined in a grid).")
+    axis: str = Field(description="The sweep table it belongs to: output, fraction, temperature, ac_stage, grid or panel.")
+    settings: dict[str, Any] = Field(description="The knobs changed from the base setting.")
+    description: str = Field(description="The setting in words.")
+    scratch: list[ScratchResult] = Field(description="The from-scratch baseline used (its own when the data fraction changes).")
+    attacks: list[AttackResult]
+    verdict: Verdict
+    best_attack: str
+    best_student: str
+
+
+class SweepRow(BaseModel):
+    value: str
+    attack: str
+    student: str
+    accuracy: AccuracyStats
+    delta_base: float
+    teacher_queries: int
+
+
+class SweepTable(BaseModel):
+    """One knob's effect: every attack it changes, at the base value and each swept value."""
+
+    axis: str
+    base_value: str
+    rows: list[SweepRow]
+
+
+class WorstCase(BaseModel):
+    """The strongest student over every audited setting: the owner's worst case."""
+
+    variant: str
+    description: str
+    attack: str
+    student: str
+    accuracy: AccuracyStats
+    delta_base: float
+    teacher_queries: int
+    verdict: Verdict = Field(description="The verdict of that setting.")
+    cost: TheftCost | None = Field(default=None, description="What this strongest attack would cost at full scale.")
+
+
+class ThreatInfo(BaseModel):
+    """The threat model the base setting assumed, and how queries were billed."""
+
+    output: str
+    output_description: str
+    query_budget: int | None = Field(description="Billed teacher queries allowed per run (None: no cap).")
+    billing: str = Field(description="The billing rule, in words.")
+    evaluation_queries: int = Field(description="Test images the auditor sent to the teacher (accuracy, fidelity); no thief pays for these.")
+    remote: dict[str, Any] | None = Field(default=None, description="The remote teacher endpoint (URL, response kind), when there is one; never its headers.")
+    budget_stopped_runs: int = Field(default=0, description="Runs whose training ended early because the budget ran out (each says where in `runs`).")
+    notes: list[str] = Field(default_factory=list)
 
 
 class StudentSummary(BaseModel):
@@ -152,6 +216,12 @@ class Summary(BaseModel):
     verdict: Verdict
     rule: str = VERDICT_RULE
     students: list[StudentSummary] = Field(default_factory=list)
+    worst_case: WorstCase | None = Field(default=None, description="Strongest student over the base setting and every variant.")
+    headline: str | None = Field(default=None, description="One sentence: the overall verdict and the weakest setting.")
+    theft_cost: TheftCost | None = Field(default=None, description="Cost of the best attack (the worst case's, with variants) "
+                                         "extrapolated to the full dataset and schedule; assumptions inside.")
+    base_verdict: Verdict | None = Field(default=None, description="The base setting's own verdict, when variants were audited "
+                                         "(`verdict` is then the worst over all settings).")
 
 
 class Environment(BaseModel):
@@ -191,6 +261,9 @@ class Report(BaseModel):
     attacks: list[AttackResult]
     summary: Summary
     runs: list[RunRecord] = Field(default_factory=list)
+    variants: list[VariantResult] = Field(default_factory=list, description="Settings audited besides the base one.")
+    sweeps: list[SweepTable] = Field(default_factory=list, description="One table per swept knob.")
+    threat: ThreatInfo | None = None
     config: dict[str, Any]
     environment: Environment
     manifest: Manifest | None = None
@@ -215,6 +288,9 @@ def decide_verdict(scratch: dict[str, AccuracyStats], attacks: list[AttackResult
     if all(a.delta_base < -margin(a) for a in attacks):
         return best, "resists"
     return best, "inconclusive"
+
+
+VERDICT_SEVERITY: dict[str, int] = {"resists": 0, "inconclusive": 1, "leaks": 2}
 
 
 def delta_acc(attacks: list[AttackResult], student: str) -> float | None:

@@ -8,7 +8,9 @@ database after a worker crash) are not trained again.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,12 +23,23 @@ from torch import nn
 
 import kdaudit
 from kdaudit.core.errors import CancelledError, InputError
-from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig
+from kdaudit.distill.access import BILLING_RULES, OutputPolicy
+from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig, DataFreeSettings
+from kdaudit.distill.cost import FULL_TRAIN_IMAGES, TheftCost, theft_cost
 from kdaudit.distill.data import Splits, load_splits
 from kdaudit.distill.datafree import SELECTION_RULE as DATAFREE_SELECTION_RULE
-from kdaudit.distill.datafree import access_of, check_teacher, plan_datafree, train_datafree
+from kdaudit.distill.datafree import WATCHDOG_RULE as DATAFREE_WATCHDOG_RULE
+from kdaudit.distill.datafree import (
+    access_of,
+    check_teacher,
+    plan_datafree,
+    reference_iterations,
+    retry_datafree,
+    train_datafree,
+)
 from kdaudit.distill.fidelity import fidelity_metrics
 from kdaudit.distill.report import (
+    VERDICT_SEVERITY,
     AccuracyStats,
     AttackResult,
     DatasetInfo,
@@ -39,11 +52,18 @@ from kdaudit.distill.report import (
     ScratchResult,
     StudentSummary,
     Summary,
+    SweepRow,
+    SweepTable,
     TeacherInfo,
+    ThreatInfo,
+    VariantResult,
+    WorstCase,
     decide_verdict,
     delta_acc,
 )
 from kdaudit.distill.train import Cohort, EpochReport, Member, MemberResult, accuracy, predict, resolve_device
+from kdaudit.distill.variants import BASE, Variant, describe, expand_variants
+from kdaudit.distill.variants import apply as apply_variant
 from kdaudit.models.multi_exit import MultiExitNet
 
 
@@ -52,10 +72,12 @@ class RunSpec:
     kind: str  # scratch | normal_kd | skeptical | datafree_* (distill/datafree.py)
     student: str
     seed: int
+    variant: str = BASE  # distill/variants.py; base-setting keys carry no prefix
 
     @property
     def key(self) -> str:
-        return f"{self.kind}/{self.student}/seed{self.seed}"
+        core = f"{self.kind}/{self.student}/seed{self.seed}"
+        return core if self.variant == BASE else f"{self.variant}:{core}"
 
 
 @dataclass
@@ -71,12 +93,16 @@ class ProgressEvent:
 
 
 def plan_runs(config: AuditConfig) -> list[RunSpec]:
-    """All runs of an audit: for each seed and student, a scratch baseline and every attack."""
+    """All runs of an audit: per seed and student, a scratch baseline and every attack, then
+    each variant's attacks (and its own scratch baseline when it changes the data fraction)."""
     runs = []
+    variants = expand_variants(config)
     for seed in range(config.base_seed, config.base_seed + config.seeds):
         for student in config.students:
-            runs.append(RunSpec("scratch", student, seed))
-            runs.extend(RunSpec(a, student, seed) for a in config.attacks)
+            for v in variants:
+                if v.is_base or "fraction" in v.overrides:
+                    runs.append(RunSpec("scratch", student, seed, v.name))
+                runs.extend(RunSpec(a, student, seed, v.name) for a in v.attacks)
     return runs
 
 
@@ -107,7 +133,7 @@ def attack_setting(kind: str, config: AuditConfig | None = None) -> tuple[str | 
 
 
 def _record(result: MemberResult, splits: Splits, teacher_logits: torch.Tensor | None = None,
-            retries: list[Retry] | None = None) -> RunRecord:
+            retries: list[Retry] | None = None, spec: RunSpec | None = None, output: str = "logits") -> RunRecord:
     m, model = result.member, result.model
     fidelity = fidelity_ens = None
     if teacher_logits is not None:
@@ -139,6 +165,9 @@ def _record(result: MemberResult, splits: Splits, teacher_logits: torch.Tensor |
         status="diverged" if result.diverged else "ok",
         diverged_reason=result.diverged,
         retries=list(retries or []),
+        variant=spec.variant if spec is not None else BASE,
+        output=output,
+        stopped=result.stopped,
     )
 
 
@@ -147,20 +176,24 @@ def _retry_diverged(result: MemberResult, config: AuditConfig, splits: Splits, t
     """Retrain a diverged cohort member alone, per RETRY_PLAN, until it trains or the plan runs out.
 
     A member trains alone exactly as it would in its cohort (tested), so the only differences
-    from the original attempt are the documented changes.
+    from the original attempt are the documented changes. Retries' teacher queries are added
+    to the run's count: the thief paid for them.
     """
     retries: list[Retry] = []
     m = result.member
+    spent = result.teacher_queries
     for factor, offset, change in RETRY_PLAN:
         if result.diverged is None:
             break
         lr = config.schedule.lr * factor
         retries.append(Retry(reason=result.diverged, change=f"{change} (lr {lr:g}, seed offset {offset})"))
-        member = Member(m.key, m.kind, m.arch, m.seed, m.selection, m.window, m.nasty_omega, m.nasty_tau, seed_offset=offset)
         result = Cohort(
-            [member], splits, config.schedule.model_copy(update={"lr": lr}),
+            [dataclasses.replace(m, seed_offset=offset)], splits, config.schedule.model_copy(update={"lr": lr}),
             reference=teacher, kd=config.kd, skeptical=config.skeptical, device=device, stream_seed=seed + offset,
+            query_budget=config.threat.query_budget, billing=config.threat.billing,
         ).train()[0]
+        spent += result.teacher_queries
+    result.teacher_queries = spent
     return result, retries
 
 
@@ -177,80 +210,258 @@ def run_audit(
 ) -> Report:
     """Run every planned run not in `done_runs` and assemble the report.
 
-    With `checkpoint_dir`, each seed's cohort is checkpointed after every epoch
-    (`seed<N>.pt`), so a crashed audit resumes mid-seed instead of from the seed's start.
+    Per seed, every data-available run that shares the thief's data (same fraction), across
+    the base setting and all variants, trains in one cohort: one teacher query per batch,
+    each member's output policy applied to the shared answer. With `checkpoint_dir`, each
+    cohort is checkpointed after every epoch, so a crashed audit resumes mid-seed.
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
-    splits = load_splits(
-        config.dataset,
-        data_root=data_root,
-        dataset_path=config.dataset_path,
-        val_fraction=config.val_fraction,
-        fraction=config.fraction,
-        split_seed=config.base_seed,
-    ).to(device)
-    teacher = teacher.to(device) if not getattr(teacher, "is_remote", False) else teacher
+    variants = {v.name: v for v in expand_variants(config)}
+    configs = {name: apply_variant(config, v.overrides) if not v.is_base else config for name, v in variants.items()}
+    split_cache: dict[float, Splits] = {}
+
+    def splits_for(fraction: float) -> Splits:
+        if fraction not in split_cache:
+            split_cache[fraction] = load_splits(
+                config.dataset, data_root=data_root, dataset_path=config.dataset_path,
+                val_fraction=config.val_fraction, fraction=fraction, split_seed=config.base_seed,
+            ).to(device)
+        return split_cache[fraction]
+
+    splits = splits_for(config.fraction)
+    remote = bool(getattr(teacher, "is_remote", False))
+    teacher = teacher if remote else teacher.to(device)
     teacher.eval()
     teacher_logits = predict(teacher, splits.x_test)  # once per audit: accuracy and every run's fidelity
     teacher_acc = teacher_accuracy(teacher, splits, teacher_logits)
-    for attack in config.attacks:
-        if attack in DATA_FREE_ATTACKS:
-            check_teacher(attack, teacher, config.datafree)  # ZSKT on a feature-less teacher fails before any training
-            plan_datafree(attack, config.datafree, config.dataset)  # and so does a budget too small to run
+    _check_threat(config, configs, variants, teacher, splits.spec.num_classes)
 
     runs = plan_runs(config)
     index = {r.key: i for i, r in enumerate(runs)}
     records: dict[str, RunRecord] = dict(done_runs or {})
     emit = progress or (lambda _e: None)
 
+    def on_epoch(ep: EpochReport) -> None:
+        emit(ProgressEvent("epoch_end", ep.member.key, index[ep.member.key], len(runs), ep.epoch, ep.epochs, ep.val_accuracy))
+        if should_cancel is not None and should_cancel():
+            raise CancelledError("the audit was cancelled")
+
+    def finish(spec: RunSpec, rec: RunRecord, epochs: int) -> None:
+        records[spec.key] = rec
+        emit(ProgressEvent("run_finished", spec.key, index[spec.key], len(runs), epochs, epochs,
+                           rec.val_curve[rec.best_epoch - 1], rec))
+
     for seed in range(config.base_seed, config.base_seed + config.seeds):
         todo = [r for r in runs if r.seed == seed and r.key not in records]
-        if not todo:
-            continue
-        cohort_todo = [r for r in todo if r.kind not in DATA_FREE_ATTACKS]
-        members = [Member(r.key, r.kind, r.student, seed) for r in cohort_todo]  # type: ignore[arg-type]
-        for m in members:
-            emit(ProgressEvent("run_started", m.key, index[m.key], len(runs), 0, config.schedule.epochs, None))
-
-        def on_epoch(ep: EpochReport) -> None:
-            emit(ProgressEvent("epoch_end", ep.member.key, index[ep.member.key], len(runs), ep.epoch, ep.epochs, ep.val_accuracy))
-            if should_cancel is not None and should_cancel():
-                raise CancelledError("the audit was cancelled")
-
-        if members:
+        by_fraction: dict[float, list[RunSpec]] = {}
+        for r in todo:
+            if r.kind not in DATA_FREE_ATTACKS:
+                by_fraction.setdefault(configs[r.variant].fraction, []).append(r)
+        for fraction, cohort_todo in by_fraction.items():
+            specs = {r.key: r for r in cohort_todo}
+            members = [_member(r, configs[r.variant]) for r in cohort_todo]
+            for m in members:
+                emit(ProgressEvent("run_started", m.key, index[m.key], len(runs), 0, config.schedule.epochs, None))
+            part = splits_for(fraction)
             cohort = Cohort(
-                members, splits, config.schedule,
-                reference=teacher, kd=config.kd, skeptical=config.skeptical, device=device, stream_seed=seed,
+                members, part, config.schedule, reference=teacher, kd=config.kd, skeptical=config.skeptical,
+                device=device, stream_seed=seed, query_budget=config.threat.query_budget, billing=config.threat.billing,
             )
-            ckpt = checkpoint_dir / f"seed{seed}.pt" if checkpoint_dir is not None else None
+            name = f"seed{seed}.pt" if fraction == config.fraction else f"seed{seed}-fraction{fraction:g}.pt"
+            ckpt = checkpoint_dir / name if checkpoint_dir is not None else None
             for result in cohort.train(on_epoch, checkpoint=ckpt):
+                spec = specs[result.member.key]
                 retries: list[Retry] = []
                 if result.diverged is not None:
-                    result, retries = _retry_diverged(result, config, splits, teacher, device, seed)
-                rec = _record(result, splits, teacher_logits, retries)
-                records[result.member.key] = rec
-                emit(ProgressEvent("run_finished", rec_key(rec), index[rec_key(rec)], len(runs),
-                                   config.schedule.epochs, config.schedule.epochs, rec.val_curve[rec.best_epoch - 1], rec))
+                    result, retries = _retry_diverged(result, configs[spec.variant], part, teacher, device, seed)
+                rec = _record(result, part, teacher_logits, retries, spec, configs[spec.variant].threat.output)
+                finish(spec, rec, config.schedule.epochs)
 
         # data-free runs: no thief data; one at a time, each checkpoint is a progress "epoch"
         for r in (r for r in todo if r.kind in DATA_FREE_ATTACKS):
-            checkpoints = plan_datafree(r.kind, config.datafree, config.dataset).checkpoints
+            vc = configs[r.variant]
+            settings = _datafree_settings(vc)
+            checkpoints = plan_datafree(r.kind, settings, config.dataset).checkpoints
             emit(ProgressEvent("run_started", r.key, index[r.key], len(runs), 0, checkpoints, None))
+            viewed = _viewed(teacher, vc.threat.output)
             result = train_datafree(
-                r.kind, r.student, seed, splits, teacher, config.datafree,
-                kd=config.kd, skeptical=config.skeptical, device=device, key=r.key, on_checkpoint=on_epoch,
+                r.kind, r.student, seed, splits, viewed, settings,
+                kd=vc.kd, skeptical=vc.skeptical, device=device, key=r.key, on_checkpoint=on_epoch,
             )
-            rec = _record(result, splits, teacher_logits)
-            records[r.key] = rec
-            emit(ProgressEvent("run_finished", r.key, index[r.key], len(runs), checkpoints, checkpoints,
-                               rec.val_curve[rec.best_epoch - 1], rec))
+            pairs: list[tuple[str, str]] = []
+            if result.diverged is not None:  # NaN, generator collapse or stuck at chance: retried per DATAFREE_RETRY_PLAN
+                result, pairs = retry_datafree(result, splits, viewed, settings, kd=vc.kd, skeptical=vc.skeptical,
+                                               device=device, on_checkpoint=_cancel_only(should_cancel))
+            retries = [Retry(reason=why, change=change) for why, change in pairs]
+            finish(r, _record(result, splits, teacher_logits, retries, spec=r, output=vc.threat.output), checkpoints)
 
-    return assemble_report(config, runs, records, splits, teacher_acc, teacher_sha256, device, time.perf_counter() - started)
+    report = assemble_report(config, runs, records, splits, teacher_acc, teacher_sha256, device, time.perf_counter() - started)
+    report.threat = threat_info(config, runs, records, len(splits.x_test), teacher)
+    return report
+
+
+def _cancel_only(should_cancel: Callable[[], bool] | None) -> Callable[[EpochReport], None]:
+    """For retries: honour cancellation without re-reporting progress epochs already shown."""
+    def check(_ep: EpochReport) -> None:
+        if should_cancel is not None and should_cancel():
+            raise CancelledError("the audit was cancelled")
+    return check
+
+
+def _member(r: RunSpec, vc: AuditConfig) -> Member:
+    policy = OutputPolicy.parse(vc.threat.output)
+    return Member(r.key, r.kind, r.student, r.seed,  # type: ignore[arg-type]
+                  view=None if policy.kind == "logits" else policy, kd=vc.kd, skeptical=vc.skeptical)
+
+
+def _datafree_settings(vc: AuditConfig) -> DataFreeSettings:
+    """Data-free runs take the threat model's query budget unless their own is set."""
+    if vc.datafree.budget is not None or vc.threat.query_budget is None:
+        return vc.datafree
+    return vc.datafree.model_copy(update={"budget": vc.threat.query_budget})
+
+
+class PolicyView(nn.Module):
+    """The teacher as a data-free thief sees it through an output policy (full scores only)."""
+
+    def __init__(self, teacher: nn.Module, policy: OutputPolicy):
+        super().__init__()
+        self.teacher, self.policy = teacher, policy
+        self.is_remote = bool(getattr(teacher, "is_remote", False))
+        self.has_features = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.teacher(x)
+        view = self.policy.apply(out[0] if isinstance(out, list) else out)
+        return view.clamp(min=LOG_FLOOR)  # a probability of exactly 0 would make DFAD's L1 infinite
+
+
+#: the floor for log-probabilities a data-free thief feeds its losses (e^-100 ~ 4e-44)
+LOG_FLOOR = -100.0
+
+
+def _viewed(teacher: nn.Module, output: str) -> nn.Module:
+    policy = OutputPolicy.parse(output)
+    return teacher if policy.kind == "logits" else PolicyView(teacher, policy)
+
+
+def _check_threat(config: AuditConfig, configs: dict[str, AuditConfig], variants: dict[str, Variant],
+                  teacher: nn.Module, num_classes: int) -> None:
+    """Refuse, before any training, threat models that cannot run: clear errors, no wasted hours."""
+    response = getattr(getattr(teacher, "spec", None), "response", "logits")
+    for name, v in variants.items():
+        vc = configs[name]
+        policy = OutputPolicy.parse(vc.threat.output)
+        policy.check_classes(num_classes)
+        if response == "labels" and policy.kind != "label":
+            raise InputError(f"the remote teacher returns labels only; output policy {policy.spec} needs scores (use label)")
+        if response == "probabilities" and policy.kind == "logits":
+            raise InputError("the remote teacher returns probabilities; use output policy probs (or coarser), not logits")
+        for attack in v.attacks:
+            if attack in DATA_FREE_ATTACKS:
+                if not policy.full_scores:
+                    raise InputError(f"{attack} needs a score for every class (output policy logits or probs); "
+                                     f"{policy.spec} hides them")
+                if policy.kind != "logits" and "zskt" in attack:
+                    raise InputError(f"{attack} backpropagates through the teacher's logits; it runs with output policy logits only")
+                check_teacher(attack, teacher, vc.datafree)  # ZSKT on a feature-less teacher fails before any training
+                plan_datafree(attack, _datafree_settings(vc), config.dataset)  # and so does a budget too small to run
+    budget = config.threat.query_budget
+    if budget is not None and any(a not in DATA_FREE_ATTACKS for v in variants.values() for a in v.attacks):
+        if budget < config.schedule.batch_size:
+            raise InputError(f"query budget {budget} is smaller than one training batch ({config.schedule.batch_size} images)")
+
+
+def threat_info(config: AuditConfig, runs: list[RunSpec], records: dict[str, RunRecord], test_images: int,
+                teacher: nn.Module) -> ThreatInfo:
+    policy = OutputPolicy.parse(config.threat.output)
+    notes = []
+    if any(OutputPolicy.parse(r.output).hard for r in records.values()):
+        notes.append("label-only runs: the teacher names a class and nothing else, so their KD term is "
+                     "cross-entropy on the teacher's labels at tau 1 (the configured temperature does not apply)")
+    spec = getattr(teacher, "spec", None)
+    return ThreatInfo(
+        output=policy.spec,
+        output_description=policy.describe(),
+        query_budget=config.threat.query_budget,
+        billing=BILLING_RULES[config.threat.billing],
+        evaluation_queries=test_images,
+        remote=spec.public_dict() if spec is not None and hasattr(spec, "public_dict") else None,
+        budget_stopped_runs=sum(1 for r in runs if records[r.key].stopped),
+        notes=notes,
+    )
 
 
 def rec_key(rec: RunRecord) -> str:
-    return RunSpec(rec.kind, rec.student, rec.seed).key
+    return RunSpec(rec.kind, rec.student, rec.seed, rec.variant).key
+
+
+def _attack_results(config: AuditConfig, attacks_run: tuple[str, ...] | list[str], runs: list[RunSpec],
+                    ok: dict[str, RunRecord], scratch: dict[str, AccuracyStats], train_images: int = 0,
+                    device_type: str = "cpu") -> list[AttackResult]:
+    """Mean/std per (attack, student) over seeds, against that student's scratch baseline."""
+    results: list[AttackResult] = []
+    for student in config.students:
+        if student not in scratch:
+            continue  # no baseline: every scratch run diverged (listed in `runs`)
+        for attack in attacks_run:
+            planned = [r for r in runs if r.kind == attack and r.student == student]
+            recs = [ok[r.key] for r in planned if r.key in ok]
+            if not recs:
+                continue  # every run diverged: nothing to average (listed in `runs`)
+            variants = [(attack, [x.test_accuracy for x in recs], [x.fidelity for x in recs])]
+            if attack == "skeptical" or attack.endswith("_skeptical"):
+                variants.append((f"{attack}_e", [x.exit_accuracies["ensemble"] for x in recs], [x.fidelity_ensemble for x in recs]))
+            setting, access = attack_setting(attack, config)
+            cost = attack_cost(config, attack, student, recs, train_images, device_type)
+            for name, values, fids in variants:
+                stats = AccuracyStats.of(values)
+                results.append(AttackResult(
+                    attack=name,
+                    student=student,
+                    accuracy=stats,
+                    delta_base=round(stats.mean - scratch[student].mean, 3),
+                    teacher_queries=sum(x.teacher_queries for x in recs),
+                    seconds=round(sum(x.seconds for x in recs), 3),
+                    setting=setting,  # type: ignore[arg-type]
+                    access=access,  # type: ignore[arg-type]
+                    fidelity=Fidelity.mean_of([f for f in fids if f is not None]),
+                    excluded_runs=len(planned) - len(recs),
+                    cost=cost,
+                ))
+    return results
+
+
+def attack_cost(config: AuditConfig, attack: str, student: str, recs: list[RunRecord], train_images: int,
+                device_type: str) -> TheftCost | None:
+    """The attack's measured cost per run, extrapolated to the full dataset and schedule (distill/cost.py)."""
+    seconds = [max(r.seconds, 1e-6) for r in recs]
+    queries = [r.teacher_queries for r in recs]
+    try:
+        if attack in DATA_FREE_ATTACKS:
+            plan = plan_datafree(attack, _datafree_settings(config), config.dataset)
+            return theft_cost(attack, student, device_type, seconds, queries, None, None, None, config.dataset, True,
+                              datafree_iterations=plan.iterations, full_iterations=reference_iterations(attack, config.dataset),
+                              fixed_queries=min(plan.checkpoints * plan.selection_samples, min(queries)))
+        epochs = max(1, round(statistics.fmean(len(r.val_curve) for r in recs)))  # a budget may have stopped runs early
+        full = None if config.dataset in FULL_TRAIN_IMAGES else round(train_images / config.fraction / (1 - config.val_fraction))
+        return theft_cost(attack, student, device_type, seconds, queries, train_images,
+                          None if full is None else max(full, train_images), epochs, config.dataset, False,
+                          billing=config.threat.billing)
+    except ValueError:  # e.g. a run with no measurable time: report no extrapolation rather than a wrong one
+        return None
+
+
+def _scratch(config: AuditConfig, runs: list[RunSpec], ok: dict[str, RunRecord]) -> tuple[dict[str, AccuracyStats], dict[str, Fidelity | None]]:
+    scratch: dict[str, AccuracyStats] = {}
+    fid: dict[str, Fidelity | None] = {}
+    for student in config.students:
+        recs = [ok[r.key] for r in runs if r.kind == "scratch" and r.student == student and r.key in ok]
+        if recs:
+            scratch[student] = AccuracyStats.of([x.test_accuracy for x in recs])
+            fid[student] = Fidelity.mean_of([x.fidelity for x in recs if x.fidelity is not None])
+    return scratch, fid
 
 
 def assemble_report(
@@ -268,47 +479,32 @@ def assemble_report(
         raise ValueError(f"cannot assemble a report: runs not finished: {', '.join(missing[:5])}")
     # diverged runs (after every retry) are listed in `runs` but never enter a mean
     ok = {k: r for k, r in records.items() if r.status == "ok"}
-    scratch: dict[str, AccuracyStats] = {}
-    scratch_fid: dict[str, Fidelity | None] = {}
-    for student in config.students:
-        recs = [ok[r.key] for r in runs if r.kind == "scratch" and r.student == student and r.key in ok]
-        if recs:
-            scratch[student] = AccuracyStats.of([x.test_accuracy for x in recs])
-            scratch_fid[student] = Fidelity.mean_of([x.fidelity for x in recs if x.fidelity is not None])
-
-    attacks: list[AttackResult] = []
-    for student in config.students:
-        if student not in scratch:
-            continue  # no baseline: every scratch run diverged (listed in `runs`)
-        for attack in config.attacks:
-            planned = [r for r in runs if r.kind == attack and r.student == student]
-            recs = [ok[r.key] for r in planned if r.key in ok]
-            if not recs:
-                continue  # every run diverged: nothing to average (listed in `runs`)
-            variants = [(attack, [x.test_accuracy for x in recs], [x.fidelity for x in recs])]
-            if attack == "skeptical" or attack.endswith("_skeptical"):
-                variants.append((f"{attack}_e", [x.exit_accuracies["ensemble"] for x in recs], [x.fidelity_ensemble for x in recs]))
-            setting, access = attack_setting(attack, config)
-            for name, values, fids in variants:
-                stats = AccuracyStats.of(values)
-                attacks.append(AttackResult(
-                    attack=name,
-                    student=student,
-                    accuracy=stats,
-                    delta_base=round(stats.mean - scratch[student].mean, 3),
-                    teacher_queries=sum(x.teacher_queries for x in recs),
-                    seconds=round(sum(x.seconds for x in recs), 3),
-                    setting=setting,  # type: ignore[arg-type]
-                    access=access,  # type: ignore[arg-type]
-                    fidelity=Fidelity.mean_of([f for f in fids if f is not None]),
-                    excluded_runs=len(planned) - len(recs),
-                ))
+    variants = expand_variants(config)
+    base_runs = [r for r in runs if r.variant == BASE]
+    scratch, scratch_fid = _scratch(config, base_runs, ok)
+    attacks = _attack_results(config, variants[0].attacks, base_runs, ok, scratch, len(splits.x_train), device.type)
 
     if attacks:
         best, verdict = decide_verdict(scratch, attacks)
         best_attack, best_student = best.attack, best.student
     else:  # every attack run (or every scratch baseline) diverged: nothing to compare, say so
         verdict, best_attack, best_student = "inconclusive", "none", config.students[0]
+
+    variant_results = [
+        _variant_result(config, v, [r for r in runs if r.variant == v.name], ok, scratch, splits, device.type)
+        for v in variants[1:]
+    ]
+    summary = Summary(
+        delta_acc=delta_acc(attacks, best_student),
+        best_attack=best_attack,
+        best_student=best_student,
+        verdict=verdict,
+        students=[StudentSummary(student=s, delta_acc=delta_acc(attacks, s)) for s in config.students],
+    )
+    if variant_results:
+        _summarise_variants(summary, config, attacks, verdict, variant_results)
+    best_result = next((a for a in attacks if a.attack == best_attack and a.student == best_student), None)
+    summary.theft_cost = summary.worst_case.cost if summary.worst_case is not None else (best_result.cost if best_result else None)
     return Report(
         teacher=TeacherInfo(architecture=config.teacher_arch, sha256=teacher_sha256, accuracy=round(teacher_acc, 3),
                             num_classes=splits.spec.num_classes),
@@ -316,14 +512,10 @@ def assemble_report(
                             test_size=len(splits.x_test), fraction=config.fraction),
         scratch=[ScratchResult(student=s, accuracy=a, fidelity=scratch_fid.get(s)) for s, a in scratch.items()],
         attacks=attacks,
-        summary=Summary(
-            delta_acc=delta_acc(attacks, best_student),
-            best_attack=best_attack,
-            best_student=best_student,
-            verdict=verdict,
-            students=[StudentSummary(student=s, delta_acc=delta_acc(attacks, s)) for s in config.students],
-        ),
+        summary=summary,
         runs=[records[r.key] for r in runs],
+        variants=variant_results,
+        sweeps=sweep_tables(config, attacks, variant_results),
         config={**config.model_dump(mode="json"), "split_sha256": splits.split_sha256, "wall_seconds": round(wall_seconds, 1)},
         environment=Environment(
             kdaudit=kdaudit.__version__,
@@ -332,6 +524,73 @@ def assemble_report(
         ),
         manifest=build_manifest(config, runs, records, splits, teacher_sha256, device, wall_seconds),
     )
+
+
+def _variant_result(config: AuditConfig, v: Variant, runs: list[RunSpec], ok: dict[str, RunRecord],
+                    base_scratch: dict[str, AccuracyStats], splits: Splits, device_type: str) -> VariantResult:
+    own = "fraction" in v.overrides
+    scratch, fid = _scratch(config, runs, ok) if own else (base_scratch, {})
+    vc = apply_variant(config, v.overrides)
+    train_images = round(len(splits.x_train) * vc.fraction / config.fraction)
+    attacks = _attack_results(vc, v.attacks, runs, ok, scratch, train_images, device_type)
+    if attacks:
+        best, verdict = decide_verdict(scratch, attacks)
+        best_attack, best_student = best.attack, best.student
+    else:
+        verdict, best_attack, best_student = "inconclusive", "none", config.students[0]
+    return VariantResult(
+        name=v.name, axis=v.axis, settings=v.overrides, description=describe(v.overrides, config),
+        scratch=[ScratchResult(student=s, accuracy=a, fidelity=fid.get(s)) for s, a in scratch.items()],
+        attacks=attacks, verdict=verdict, best_attack=best_attack, best_student=best_student,
+    )
+
+
+def _summarise_variants(summary: Summary, config: AuditConfig, base_attacks: list[AttackResult], base_verdict: str,
+                        variants: list[VariantResult]) -> None:
+    """Worst case over every setting; the overall verdict is the most severe setting's."""
+    candidates = [(BASE, describe({}, config), base_verdict, a) for a in base_attacks]
+    candidates += [(v.name, v.description, v.verdict, a) for v in variants for a in v.attacks]
+    if not candidates:
+        return
+    name, words, verdict, a = max(candidates, key=lambda c: (c[3].accuracy.mean, c[3].delta_base))
+    summary.worst_case = WorstCase(variant=name, description=words, attack=a.attack, student=a.student, accuracy=a.accuracy,
+                                   delta_base=a.delta_base, teacher_queries=a.teacher_queries, verdict=verdict,  # type: ignore[arg-type]
+                                   cost=a.cost)
+    settings = [(BASE, describe({}, config), base_verdict, max((x.delta_base for x in base_attacks), default=float("-inf")))]
+    settings += [(v.name, v.description, v.verdict, max((x.delta_base for x in v.attacks), default=float("-inf"))) for v in variants]
+    weakest = max(settings, key=lambda t: (VERDICT_SEVERITY[t[2]], t[3]))
+    summary.base_verdict = base_verdict  # type: ignore[assignment]
+    summary.verdict = weakest[2]  # type: ignore[assignment]
+    verb = {"leaks": "leaks", "inconclusive": "is inconclusive", "resists": "resists"}[weakest[2]]
+    summary.headline = (
+        f"The teacher {verb} in its weakest setting ({weakest[1]}); the strongest thief overall is "
+        f"{a.attack} ({a.student}) under {words}: {a.accuracy.mean:.2f}% ± {a.accuracy.std:.2f}, "
+        f"{a.delta_base:+.2f} pts vs scratch, {a.teacher_queries:,} teacher queries over {config.seeds} seed(s)."
+    )
+
+
+def sweep_tables(config: AuditConfig, base_attacks: list[AttackResult], variants: list[VariantResult]) -> list[SweepTable]:
+    """One table per swept knob (and one for a grid or a panel), base value included for reference."""
+    base = {"output": config.threat.output, "fraction": config.fraction, "temperature": config.kd.temperature,
+            "ac_stage": config.skeptical.ac_stage or "default"}
+    tables: list[SweepTable] = []
+    axes = list(dict.fromkeys(v.axis for v in variants))
+    for axis in axes:
+        members = [v for v in variants if v.axis == axis]
+        changed = {a.attack for v in members for a in v.attacks}
+        rows = [SweepRow(value="base" if axis in ("grid", "panel") else str(base[axis]), attack=a.attack, student=a.student,
+                         accuracy=a.accuracy, delta_base=a.delta_base, teacher_queries=a.teacher_queries)
+                for a in base_attacks if a.attack in changed]
+        for v in members:
+            value = v.name if axis in ("grid", "panel") else str(v.settings[axis])
+            rows += [SweepRow(value=value, attack=a.attack, student=a.student, accuracy=a.accuracy,
+                              delta_base=a.delta_base, teacher_queries=a.teacher_queries) for a in v.attacks]
+        tables.append(SweepTable(axis=axis, base_value="base" if axis in ("grid", "panel") else str(base[axis]), rows=rows))
+    if len(config.students) > 1 and base_attacks:
+        rows = [SweepRow(value=a.student, attack=a.attack, student=a.student, accuracy=a.accuracy, delta_base=a.delta_base,
+                         teacher_queries=a.teacher_queries) for a in base_attacks]
+        tables.append(SweepTable(axis="student", base_value=config.students[0], rows=rows))
+    return tables
 
 
 def _device_name(device: torch.device) -> str:
@@ -359,8 +618,9 @@ def selection_rules(config: AuditConfig) -> dict[str, str]:
         "divergence": "non-finite loss, or validation accuracy never above chance + 2 pts over >= 2 epochs; "
         "retried: " + "; then ".join(c for _, _, c in RETRY_PLAN) + "; still diverged = excluded from every mean",
     }
-    if any(a in DATA_FREE_ATTACKS for a in config.attacks):
+    if any(a in DATA_FREE_ATTACKS for v in expand_variants(config) for a in v.attacks):
         rules["data_free"] = DATAFREE_SELECTION_RULE
+        rules["data_free_divergence"] = DATAFREE_WATCHDOG_RULE
     return rules
 
 

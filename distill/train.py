@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdaudit.distill.access import Billing, OutputPolicy, QueryBudgetExhausted, TeacherOracle
 from kdaudit.distill.augment import random_crop_flip
 from kdaudit.distill.config import KDSettings, SkepticalSettings, TrainSchedule
 from kdaudit.distill.data import Splits
@@ -64,6 +65,11 @@ class Member:
     nasty_tau: float = 4.0
     #: the divergence watchdog's "new seed" retry: shifts the init seed, never the record's seed
     seed_offset: int = 0
+    #: what this member's thief sees of the teacher (None: full logits)
+    view: OutputPolicy | None = None
+    #: per-member KD / skeptical settings (None: the cohort's), so variants share one cohort
+    kd: KDSettings | None = None
+    skeptical: SkepticalSettings | None = None
 
 
 @dataclass
@@ -77,6 +83,8 @@ class MemberResult:
     extra: dict = field(default_factory=dict)
     #: why the divergence watchdog flagged this member (None: trained normally)
     diverged: str | None = None
+    #: why training stopped before the schedule's end (the query budget ran out), else None
+    stopped: str | None = None
 
 
 @dataclass
@@ -157,6 +165,8 @@ class Cohort:
         skeptical: SkepticalSettings | None = None,
         device: torch.device | None = None,
         stream_seed: int = 0,
+        query_budget: int | None = None,
+        billing: Billing = "every",
     ):
         if not members:
             raise ValueError("a cohort needs at least one member")
@@ -171,19 +181,24 @@ class Cohort:
         self.reference = reference
         self.stream_seed = stream_seed
         self.cuda = self.device.type == "cuda"
+        self.query_budget = query_budget
+        self.billing = billing
 
     def _loss(self, m: Member, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        kd = m.kd or self.kd
+        # label-only: the "soft" target is one-hot, so KD is cross-entropy on the teacher's labels (tau 1)
+        tau = 1.0 if m.view is not None and m.view.hard else kd.temperature
         if m.kind == "scratch":
             return F.cross_entropy(model(x), y)
         if m.kind == "normal_kd":
-            return hinton_kd_loss(model(x), ref, y, self.kd.alpha, self.kd.temperature)
+            return hinton_kd_loss(model(x), ref, y, kd.alpha, tau)
         if m.kind == "skeptical":
-            s = self.skeptical
+            s = m.skeptical or self.skeptical
             ac_stage = s.ac_stage or model.default_ac_stage
             return skeptical_loss(
                 model(x), ref, y,
                 ac_index=MultiExitNet.exit_index(ac_stage), sd_index=MultiExitNet.exit_index(3),
-                alpha=self.kd.alpha, tau=self.kd.temperature, beta=s.sd_beta,
+                alpha=kd.alpha, tau=tau, beta=s.sd_beta,
                 gammas=(s.gamma_teacher, s.gamma_sd, s.gamma_ce),
             )
         if m.kind == "nasty":
@@ -213,6 +228,7 @@ class Cohort:
         ]
         if self.reference is not None:
             self.reference.eval()
+        oracle = TeacherOracle(self.reference, budget=self.query_budget, billing=self.billing) if self.reference is not None else None
         n = len(self.splits.x_train)
         bs = min(sch.batch_size, n)
         steps_per_epoch = max(1, n // bs)  # drop the ragged last batch: BN on tiny batches is noise
@@ -231,6 +247,10 @@ class Cohort:
         # exactly as before (they never depend on it), and the caller may retrain it alone.
         nonfinite = [torch.zeros((), dtype=torch.bool, device=dev) for _ in models]
         diverged: list[str | None] = [None] * len(models)
+        # query budget: when the next batch would exceed it, every member that needs the
+        # teacher stops (their thief cannot ask any more); the others train on
+        stopped: list[str | None] = [None] * len(models)
+        stop_epoch: list[int] = [0] * len(models)
         if checkpoint is not None and checkpoint.exists():
             state = torch.load(checkpoint, map_location=dev, weights_only=True)
             if state["keys"] != keys or state["epochs"] != sch.epochs:
@@ -243,6 +263,10 @@ class Cohort:
             curves, queries, clock = state["curves"], state["queries"], state["clock"]
             step, first_epoch = state["step"], state["epoch"] + 1
             diverged = list(state.get("diverged", diverged))
+            stopped = list(state.get("stopped", stopped))
+            stop_epoch = list(state.get("stop_epoch", stop_epoch))
+            if oracle is not None and "oracle" in state:
+                oracle.load_state_dict(state["oracle"])
         for epoch in range(first_epoch, sch.epochs + 1):
             for mdl in models:
                 mdl.train()
@@ -254,32 +278,51 @@ class Cohort:
                     x = random_crop_flip(x, spec.crop_pad, spec.hflip, gen)
                 if self.cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
-                ref = None
-                if self.reference is not None and any(uses_ref):
-                    with torch.no_grad(), autocast:
-                        ref = final_logits(self.reference, x).float()
+                ref, views, billed = None, {}, 0
+                asking = [u and diverged[i] is None and stopped[i] is None for i, u in enumerate(uses_ref)]
+                if oracle is not None and any(asking):
+                    spent = oracle.queries
+                    try:
+                        with torch.no_grad(), autocast:
+                            ref = oracle(x)
+                    except QueryBudgetExhausted:
+                        for i, a in enumerate(asking):
+                            if a:
+                                stop_epoch[i] = epoch
+                                stopped[i] = (f"query budget of {self.query_budget:,} images spent in epoch {epoch} "
+                                              f"of {sch.epochs} (after {b} of {steps_per_epoch} batches)")
+                    billed = oracle.queries - spent
                 lr = lr_at(step, total, sch.lr)
                 for i, (m, mdl, opt) in enumerate(zip(self.members, models, opts, strict=True)):
-                    if diverged[i] is not None:
+                    if diverged[i] is not None or stopped[i] is not None:
                         continue
+                    target = None
+                    if uses_ref[i]:
+                        policy = m.view or _FULL_LOGITS
+                        if policy.spec not in views:
+                            views[policy.spec] = policy.apply(ref)
+                        target = views[policy.spec]
                     t0 = time.perf_counter()
                     for g in opt.param_groups:
                         g["lr"] = lr
                     with autocast:
-                        loss = self._loss(m, mdl, x, y, ref if uses_ref[i] else None)
+                        loss = self._loss(m, mdl, x, y, target)
                     nonfinite[i] |= ~torch.isfinite(loss.detach())
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     clock[i] += time.perf_counter() - t0
                     if uses_ref[i]:
-                        queries[i] += len(idx)
+                        queries[i] += billed
                 step += 1
             for i, flag in enumerate(nonfinite):
                 if diverged[i] is None and bool(flag):
                     diverged[i] = f"non-finite (NaN/inf) loss in epoch {epoch}"
             accs = []
             for i, (m, mdl) in enumerate(zip(self.members, models, strict=True)):
+                if stopped[i] is not None and epoch > stop_epoch[i]:
+                    accs.append(curves[i][-1] if curves[i] else 0.0)
+                    continue  # stopped in an earlier epoch: nothing changed since
                 acc = accuracy(predict(mdl, self.splits.x_val), self.splits.y_val)
                 if not math.isfinite(acc):
                     acc = 0.0
@@ -293,7 +336,8 @@ class Cohort:
                     "keys": keys, "epochs": sch.epochs, "epoch": epoch, "step": step, "gen": gen.get_state(),
                     "models": [mdl.state_dict() for mdl in models], "opts": [opt.state_dict() for opt in opts],
                     "best": [list(b) for b in best], "curves": curves, "queries": queries, "clock": clock,
-                    "diverged": diverged,
+                    "diverged": diverged, "stopped": stopped, "stop_epoch": stop_epoch,
+                    **({"oracle": oracle.state_dict()} if oracle is not None else {}),
                 })
             if on_epoch is not None:
                 for m, acc in zip(self.members, accs, strict=True):
@@ -306,10 +350,14 @@ class Cohort:
             reason = diverged[i]
             if reason is None and stuck_at_chance(curves[i], spec.num_classes):
                 reason = f"validation accuracy stuck at chance (max {max(curves[i]):.1f}% <= {100.0 / spec.num_classes + CHANCE_MARGIN_PTS:.1f}%) for the whole run"
-            results.append(MemberResult(m, mdl, max(best[i][1], 1), curves[i], queries[i], round(clock[i], 3), diverged=reason))
+            results.append(MemberResult(m, mdl, max(best[i][1], 1), curves[i], queries[i], round(clock[i], 3),
+                                        diverged=reason, stopped=stopped[i]))
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         return results
+
+
+_FULL_LOGITS = OutputPolicy()
 
 
 def _save_atomically(path: Path, state: dict) -> None:

@@ -8,6 +8,7 @@ code 2 (bad input) or 1 (anything else we anticipated); tracebacks are for our b
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -27,8 +28,25 @@ def _csv(value: str) -> list[str]:
 
 def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("audit", help="attack a teacher checkpoint with normal and skeptical KD and write a report")
-    a.add_argument("teacher", type=Path, help="teacher file: .safetensors, .onnx or a PyTorch state_dict")
-    a.add_argument("--arch", required=True, help="teacher architecture, e.g. cnn-32-64-64-128, resnet18")
+    a.add_argument("teacher", type=Path, nargs="?", help="teacher file: .safetensors, .onnx or a PyTorch state_dict (or --teacher-url)")
+    a.add_argument("--arch", help="teacher architecture, e.g. cnn-32-64-64-128, resnet18 (default 'remote' with --teacher-url)")
+    a.add_argument("--teacher-url", help="audit a teacher behind an HTTP prediction endpoint (protocol: docs/threat-models.md)")
+    a.add_argument("--teacher-response", choices=["logits", "probabilities", "labels"], default="logits",
+                   help="what the endpoint returns (default logits)")
+    a.add_argument("--teacher-header", action="append", default=[], metavar="NAME=VALUE",
+                   help="HTTP header for the endpoint, e.g. an API key (repeatable; never written to the report)")
+    a.add_argument("--teacher-timeout", type=float, help="seconds per request (default 10)")
+    a.add_argument("--teacher-retries", type=int, help="retries per request on 5xx/429/timeouts (default 4)")
+    a.add_argument("--teacher-concurrency", type=int, help="requests in flight (default 4)")
+    a.add_argument("--output", help="what the thief sees: logits (default), probs, probs@T, topK, topK-renorm, roundN, label")
+    a.add_argument("--query-budget", type=int, help="cap on billed teacher queries (images) per run, every attack")
+    a.add_argument("--billing", choices=["distinct", "every"], help="distinct (default): a repeated image is billed once; every: all sent")
+    a.add_argument("--sweep-outputs", type=_csv, help="also audit these output policies, e.g. top5,top1,label")
+    a.add_argument("--sweep-fractions", type=_csv, help="also audit these shares of the training data, e.g. 0.5,0.1,0.01")
+    a.add_argument("--sweep-ac-stages", type=_csv, help="also audit the skeptical student with the teacher loss at these stages (1-3)")
+    a.add_argument("--sweep-temperatures", type=_csv, help="also audit KD at these temperatures, e.g. 1,20")
+    a.add_argument("--sweep-grid", action="store_true", help="sweep every combination of the listed values (default: one knob at a time)")
+    a.add_argument("--panel", choices=["standard"], help="add the standard attack panel (KD at tau 1/4/20, two AC depths, DFAD, label-only)")
     a.add_argument("--dataset", default="digits", help="digits | mnist | fashion-mnist | cifar10 | npz (default digits)")
     a.add_argument("--dataset-path", help="for --dataset npz: a .npz with arrays x, y (optional x_test, y_test)")
     a.add_argument("--data-root", type=Path, help="folder with mnist.npz / cifar10_jpeg.npz")
@@ -80,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     service_cli.register(sub)
     render_cli.register(sub)
     verdict_cli.register(sub)
+    from kdaudit.teacher_server import register as register_serve_teacher
+
+    register_serve_teacher(sub)
     return parser
 
 
@@ -91,8 +112,13 @@ def _audit_config(args: argparse.Namespace):
     skeptical = {"ac_stage": args.ac_stage} if args.ac_stage is not None else {}
     datafree = {k: v for k, v in {"budget": args.budget, "iterations": args.df_iterations,
                                   "dfad_teacher_gradient": args.dfad_teacher_gradient or None}.items() if v is not None}
+    threat = {k: v for k, v in {"output": args.output, "query_budget": args.query_budget, "billing": args.billing}.items() if v is not None}
+    sweep = {k: v for k, v in {"outputs": args.sweep_outputs, "fractions": args.sweep_fractions,
+                               "ac_stages": args.sweep_ac_stages, "temperatures": args.sweep_temperatures}.items() if v}
+    if args.sweep_grid:
+        sweep["mode"] = "grid"
     return AuditConfig(
-        teacher_arch=args.arch,
+        teacher_arch=args.arch or ("remote" if args.teacher_url else None),
         dataset=args.dataset,
         dataset_path=args.dataset_path,
         students=args.students,
@@ -104,7 +130,24 @@ def _audit_config(args: argparse.Namespace):
         kd=kd,
         skeptical=skeptical,
         datafree=datafree,
+        threat=threat,
+        sweep=sweep,
+        panel=args.panel,
     )
+
+
+def _remote_teacher(args: argparse.Namespace, num_classes: int):
+    from kdaudit.distill.remote import RemoteTeacher, RemoteTeacherSpec
+
+    headers = {}
+    for h in args.teacher_header:
+        name, sep, value = h.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--teacher-header expects NAME=VALUE, got {h.split('=')[0]!r}...")
+        headers[name.strip()] = value
+    given = {"url": args.teacher_url, "response": args.teacher_response, "headers": headers, "timeout_s": args.teacher_timeout,
+             "max_retries": args.teacher_retries, "concurrency": args.teacher_concurrency}
+    return RemoteTeacher(RemoteTeacherSpec(**{k: v for k, v in given.items() if v is not None}), num_classes)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -113,10 +156,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from kdaudit.distill.runner import plan_runs, run_audit
     from kdaudit.models.checkpoints import load_teacher, sha256_file
 
+    if (args.teacher is None) == (args.teacher_url is None):
+        raise InputError("give a teacher file or --teacher-url (exactly one)")
+    if args.teacher is not None and not args.arch:
+        raise InputError("--arch is required with a teacher file")
     config = _audit_config(args)
     spec = dataset_spec(config.dataset, config.dataset_path)
-    teacher = load_teacher(args.teacher, config.teacher_arch, spec.num_classes, spec.in_channels, fmt=args.format)
-    sha = sha256_file(args.teacher)
+    if args.teacher_url:
+        teacher = _remote_teacher(args, spec.num_classes)
+        sha = hashlib.sha256(json.dumps(teacher.spec.public_dict(), sort_keys=True).encode()).hexdigest()
+    else:
+        teacher = load_teacher(args.teacher, config.teacher_arch, spec.num_classes, spec.in_channels, fmt=args.format)
+        sha = sha256_file(args.teacher)
     with ProgressPrinter(len(plan_runs(config)), config.schedule.epochs, enabled=not args.quiet) as bar:
         report = run_audit(config, teacher, sha, progress=bar.on_event, data_root=args.data_root)
     args.out.parent.mkdir(parents=True, exist_ok=True)

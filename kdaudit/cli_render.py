@@ -74,9 +74,26 @@ def report_table(report: Report, title: str | None = None) -> Table:
     return t
 
 
+def sweep_table(table) -> Table:
+    t = Table(title=f"{table.axis} (base: {table.base_value})")
+    for col in (table.axis, "attack", "student", "accuracy % (mean ± std)", "Δbase", "queries"):
+        t.add_column(col)
+    for r in table.rows:
+        t.add_row(r.value, r.attack, r.student, fmt_stats(r.accuracy.mean, r.accuracy.std), f"{r.delta_base:+.2f}", f"{r.teacher_queries:,}")
+    return t
+
+
 def print_report(report: Report) -> None:
     console.print(report_table(report))
+    for table in report.sweeps:
+        console.print(sweep_table(table))
     s = report.summary
     dacc = f"{s.delta_acc:+.2f}" if s.delta_acc is not None else "n/a"
     console.print(f"Δacc (skeptical − normal KD) = {dacc} pts; best attack: {s.best_attack} → {s.best_student}; "
                   f"verdict: [bold]{s.verdict.upper()}[/bold]")
+    if s.headline:
+        console.print(s.headline, markup=False)
+    th = report.threat
+    if th is not None and (th.output != "logits" or th.query_budget or th.remote):
+        console.print(f"threat model: {th.output_description}; budget {th.query_budget or 'none'}; "
+                      f"{th.budget_stopped_runs} run(s) stopped by the budget", markup=False)

@@ -52,18 +52,26 @@ def limit_problem(status: int, limit: str, value: int | float, detail: str, *, r
 
 
 def estimate_teacher_queries(config: dict[str, Any]) -> int:
-    """Upper estimate of teacher forward passes: epochs x thief's train images x teacher-using runs.
+    """Upper estimate of billed teacher queries: per teacher-using run, epochs x its thief's train images.
 
-    Mirrors the engine (distill/train.py): every batch of every epoch queries the teacher once
-    per batch image when any member of the seed's cohort needs it; each KD/skeptical run
-    accounts for those queries. The validation carve-out (`val_fraction`) is subtracted.
+    Mirrors the engine (distill/train.py, distill/variants.py): every planned KD/skeptical run
+    (the base setting's and every sweep/panel variant's, each at its own data fraction) is
+    billed each training image once per epoch at most, and never more than the threat
+    model's per-run query budget. The validation carve-out (`val_fraction`) is subtracted.
     """
-    images = TRAIN_IMAGES.get(str(config.get("dataset")), 60_000)
-    train = images * (1.0 - float(config.get("val_fraction", 0.1))) * float(config.get("fraction", 1.0))
-    epochs = int(config.get("schedule", {}).get("epochs", 1))
-    attacks = [a for a in config.get("attacks", []) if a in TEACHER_ATTACKS]
-    runs = int(config.get("seeds", 1)) * len(config.get("students", [])) * len(attacks)
-    return int(math.ceil(train)) * epochs * runs
+    from kdaudit.distill.config import AuditConfig
+    from kdaudit.distill.runner import plan_runs
+    from kdaudit.distill.variants import apply, expand_variants
+
+    cfg = AuditConfig.model_validate(config)
+    images = TRAIN_IMAGES.get(cfg.dataset, 60_000) * (1.0 - cfg.val_fraction)
+    fractions = {v.name: apply(cfg, v.overrides).fraction for v in expand_variants(cfg)}
+    total = 0
+    for run in plan_runs(cfg):
+        if run.kind in TEACHER_ATTACKS:
+            per_run = int(math.ceil(images * fractions[run.variant])) * cfg.schedule.epochs
+            total += min(per_run, cfg.threat.query_budget or per_run)
+    return total
 
 
 def check_audit_plan(config: dict[str, Any], runs_total: int, settings: Settings) -> None:

@@ -17,12 +17,18 @@ from kdaudit.core.errors import InputError
 from kdaudit.distill.config import AuditConfig, DataFreeSettings, TrainSchedule
 from kdaudit.distill.data import load_splits
 from kdaudit.distill.datafree import (
+    COLLAPSE_TOP2_SHARE,
+    DATAFREE_RETRY_PLAN,
     TeacherAccess,
     attention_loss,
     check_teacher,
+    generator_collapse,
     input_range,
     plan_datafree,
+    reference_iterations,
+    retry_datafree,
     train_datafree,
+    watchdog_reason,
 )
 from kdaudit.distill.report import Report
 from kdaudit.distill.runner import ProgressEvent, run_audit
@@ -103,6 +109,8 @@ def test_zskt_student_beats_chance(splits, teacher):
     res = train_datafree("datafree_zskt", STUDENT, 0, splits, teacher)
     acc = accuracy(predict(res.model, splits.x_test), splits.y_test)
     assert acc >= 30.0, acc
+    assert res.diverged is None, res.diverged  # healthy: the watchdog stays quiet
+    assert len(res.extra["generated_class_counts"]) == 20
     assert res.teacher_queries == plan_datafree("datafree_zskt", DataFreeSettings(), "digits").planned_queries == 24_320
 
 
@@ -113,6 +121,7 @@ def test_dfad_with_teacher_gradient_beats_chance(splits, teacher):
     res = train_datafree("datafree_dfad", STUDENT, 0, splits, teacher, DataFreeSettings(dfad_teacher_gradient=True))
     assert res.extra["access"] == "grey_box"
     assert accuracy(predict(res.model, splits.x_test), splits.y_test) >= 60.0
+    assert res.diverged is None, res.diverged
 
 
 def test_query_count_equals_images_sent_and_respects_budget(splits, teacher):
@@ -122,6 +131,7 @@ def test_query_count_equals_images_sent_and_respects_budget(splits, teacher):
         plan = plan_datafree(attack, cfg, "digits")
         res = train_datafree(attack, STUDENT, 1, splits, counted, cfg)
         assert res.teacher_queries == counted.images == plan.planned_queries <= budget
+        assert res.diverged is None, (attack, res.diverged)
         assert budget - res.teacher_queries < plan.queries_per_iteration + plan.selection_samples  # the budget is used
     # an iteration cap below the budget wins, and is counted just as exactly
     counted = Counting(teacher)
@@ -173,6 +183,7 @@ def test_dfad_runs_against_an_onnx_teacher_in_an_audit(onnx_teacher):
     run = next(r for r in report.runs if r.kind == "datafree_dfad")
     assert run.setting == "data_free" and run.selection and "generated" in run.selection
     assert len(run.val_curve) == 4 and 1 <= run.best_epoch <= 4
+    assert run.status == "ok" and not run.retries
     df_events = [e for e in events if e.run_key == "datafree_dfad/cnn-4-8-8-16/seed0"]
     assert [e.kind for e in df_events] == ["run_started"] + ["epoch_end"] * 4 + ["run_finished"]
     assert report.scratch[0].accuracy.mean > 0  # the scratch baseline still trains on the thief-free data split
@@ -214,3 +225,122 @@ def test_skeptical_student_loss_keeps_the_teacher_on_the_ac_exit(splits, teacher
     assert attention_loss(feats, feats, 4).item() == pytest.approx(0.0, abs=1e-7)
     other = [f + torch.randn_like(f) for f in feats]
     assert attention_loss(feats, other, 2).item() < attention_loss(feats, other, 4).item()
+
+
+# ------------------------------------------------------------------------------- watchdog
+
+
+class ConstantTeacher(nn.Module):
+    """Answers every image with the same scores: class `cls` always wins (a forced generator collapse)."""
+
+    has_features = False
+
+    def __init__(self, cls: int = 3, classes: int = 10):
+        super().__init__()
+        self.register_buffer("scores", torch.nn.functional.one_hot(torch.tensor(cls), classes).float() * 5.0)
+
+    def forward(self, x):
+        return self.scores.expand(len(x), -1).clone()
+
+
+class NoiseTeacher(nn.Module):
+    """Answers with fresh random scores, unrelated to the image: nothing to learn, so chance."""
+
+    has_features = False
+
+    def __init__(self):
+        super().__init__()
+        self.rng = torch.Generator().manual_seed(0)
+
+    def forward(self, x):
+        return torch.randn(len(x), 10, generator=self.rng) * 3
+
+
+class SometimesNaN(nn.Module):
+    """A teacher that returns NaN scores for every other image of a batch."""
+
+    has_features = False
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x).clone()
+        out[::2] = float("nan")
+        return out
+
+
+TINY = {"iterations": 8, "checkpoints": 4, "batch_size": 16, "selection_samples": 20}
+
+
+def test_collapse_rule_is_judged_at_the_selected_checkpoint():
+    diverse, collapsed = [10, 10, 10, 10, 10, 10, 10, 10, 10, 10], [0, 0, 0, 80, 0, 0, 0, 0, 15, 5]
+    assert sum(sorted(collapsed)[-2:]) / 100 >= COLLAPSE_TOP2_SHARE
+    late = [diverse] * 5 + [collapsed] * 5  # DESIGN.md's late collapse, after the chosen snapshot
+    assert generator_collapse(late, selected=4) is None
+    reason = generator_collapse(late, selected=9)
+    assert reason == ("generator collapse: 95% of the teacher's predictions on generated images in classes 3 and 8 "
+                      "at checkpoints 8-10 (the selected checkpoint is 10)")
+    recovered = [collapsed] * 3 + [diverse] * 3
+    assert generator_collapse(recovered, selected=5) is None
+    assert generator_collapse(recovered, selected=2) is not None
+    assert generator_collapse([collapsed, diverse, collapsed], selected=2) is None  # not every checkpoint of the window
+    assert "at checkpoint 1 " in generator_collapse([collapsed], selected=0)
+    # order of the rules: non-finite, then collapse, then chance (needs 2+ checkpoints, like train.py's)
+    assert watchdog_reason(3, late, 9, [50.0] * 10, 10).startswith("non-finite")
+    assert watchdog_reason(None, [diverse] * 2, 1, [11.0, 12.0], 10).startswith("selection score stuck at chance")
+    assert watchdog_reason(None, [diverse], 0, [11.0], 10) is None
+    assert watchdog_reason(None, [diverse] * 2, 1, [11.0, 12.5], 10) is None
+
+
+def test_forced_collapse_is_flagged_and_retried_and_every_query_counts(splits):
+    counted = Counting(ConstantTeacher(cls=3))
+    cfg = DataFreeSettings(**TINY)
+    plan = plan_datafree("datafree_dfad", cfg, "digits")
+    first = train_datafree("datafree_dfad", STUDENT, 0, splits, counted, cfg)
+    assert first.diverged is not None and first.diverged.startswith(
+        "generator collapse: 100% of the teacher's predictions on generated images in class 3 at checkpoints")
+    assert first.teacher_queries == plan.planned_queries
+    result, retries = retry_datafree(first, splits, counted, cfg)
+    assert len(retries) == len(DATAFREE_RETRY_PLAN) == 2
+    assert retries[0][0] == first.diverged and "generator and student learning rates halved" in retries[0][1]
+    assert "generator lr 0.0005, student lr 0.05, seed offset 0" in retries[0][1]
+    assert "new seed" in retries[1][1] and "seed offset 1" in retries[1][1]
+    assert result.diverged is not None and result.diverged.startswith("generator collapse")  # a constant teacher stays so
+    # the thief paid for all three attempts
+    assert result.teacher_queries == counted.images == 3 * plan.planned_queries
+    assert [a["teacher_queries"] for a in result.extra["attempts"]] == [plan.planned_queries] * 3
+    assert result.member.seed == 0 and result.member.seed_offset == 1
+
+
+def test_retries_stay_within_the_query_budget(splits):
+    counted = Counting(ConstantTeacher(cls=7))
+    cfg = DataFreeSettings(budget=2_000, **{k: v for k, v in TINY.items() if k != "iterations"})
+    first = train_datafree("datafree_dfad", STUDENT, 0, splits, counted, cfg)
+    result, retries = retry_datafree(first, splits, counted, cfg)
+    assert retries == [] and "not retried" in result.diverged and "2,000 teacher queries" in result.diverged
+    assert result.teacher_queries == counted.images <= 2_000
+
+
+def test_non_finite_teacher_scores_are_flagged_and_stop_training(splits, teacher):
+    counted = Counting(SometimesNaN(teacher))
+    cfg = DataFreeSettings(**TINY)
+    res = train_datafree("datafree_dfad", STUDENT, 0, splits, counted, cfg)
+    assert res.diverged == "non-finite (NaN/inf) loss before checkpoint 1; training stopped there"
+    assert len(res.val_curve) == 1 and res.best_epoch == 1
+    assert res.teacher_queries == counted.images < plan_datafree("datafree_dfad", cfg, "digits").planned_queries
+    result, retries = retry_datafree(res, splits, counted, cfg)
+    assert [r for r, _ in retries] == [res.diverged, result.extra["attempts"][1]["diverged"]]
+    assert result.teacher_queries == counted.images
+
+
+def test_a_student_stuck_at_chance_is_flagged(splits):
+    res = train_datafree("datafree_dfad", STUDENT, 0, splits, NoiseTeacher(), DataFreeSettings(**TINY))
+    assert res.diverged is not None and res.diverged.startswith("selection score stuck at chance"), res.diverged
+
+
+def test_reference_iterations_are_the_dataset_defaults():
+    assert reference_iterations("datafree_zskt_skeptical", "cifar10") == 80_000
+    assert reference_iterations("datafree_dfad", "cifar10") == 25_000
+    assert reference_iterations("datafree_dfad", "digits") == plan_datafree("datafree_dfad", DataFreeSettings(), "digits").iterations

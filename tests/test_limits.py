@@ -76,10 +76,14 @@ def test_teacher_queries_per_audit(env):
 
 
 def test_query_estimate_follows_the_plan():
-    cfg = {"dataset": "cifar10", "val_fraction": 0.1, "fraction": 0.5, "schedule": {"epochs": 10},
-           "attacks": ["normal_kd", "skeptical"], "seeds": 3, "students": ["a", "b"]}  # fmt: skip
+    cfg = {"teacher_arch": "resnet18", "dataset": "cifar10", "val_fraction": 0.1, "fraction": 0.5, "schedule": {"epochs": 10},
+           "attacks": ["normal_kd", "skeptical"], "seeds": 3, "students": ["cnn-4-8-8-16", "mobilenetv2"]}  # fmt: skip
     assert estimate_teacher_queries(cfg) == 22_500 * 10 * (3 * 2 * 2)
     assert estimate_teacher_queries({**cfg, "attacks": ["normal_kd"]}) == 22_500 * 10 * 6
+    # a sweep point at 10% of the data adds its KD runs at its own size; a budget caps every run
+    swept = {**cfg, "attacks": ["normal_kd"], "sweep": {"fractions": [0.1]}}
+    assert estimate_teacher_queries(swept) == 22_500 * 10 * 6 + 4_500 * 10 * 6
+    assert estimate_teacher_queries({**swept, "threat": {"query_budget": 50_000}}) == 50_000 * 6 + 45_000 * 6
 
 
 def test_concurrent_audits_per_tenant(env):

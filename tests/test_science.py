@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kdaudit.distill.config import AuditConfig
-from kdaudit.distill.protect import ProtectConfig, protect_teacher
+from kdaudit.distill.protect import ProtectConfig
 from kdaudit.distill.runner import run_audit
 from kdaudit.models.checkpoints import load_teacher
 
@@ -20,11 +20,9 @@ pytestmark = pytest.mark.science
 
 
 @pytest.fixture(scope="module")
-def audits(tmp_path_factory):
+def audits(digits_teachers):
     torch.set_num_threads(2)
-    out = tmp_path_factory.mktemp("science")
-    prot = protect_teacher(ProtectConfig(dataset="digits", seed=0, out=out / "nasty.safetensors",
-                                         normal_out=out / "normal.safetensors", verify=False, device="cpu"))
+    prot = digits_teachers
     reports = {}
     for name, path in (("normal", prot.normal_path), ("nasty", prot.nasty_path)):
         teacher = load_teacher(path, prot_arch(), 10, 1)

@@ -1,0 +1,141 @@
+"""Settings an audit covers besides its base one: sweeps and named attack panels.
+
+A *variant* is the base configuration with a few threat-model knobs changed (output
+policy, the thief's data fraction, KD temperature, the skeptical student's AC depth) and
+the attacks that those knobs affect. Sweeps (`config.sweep`) and panels (`config.panel`)
+both expand into variants, so the runner, the report and the worst-case summary treat
+them alike. Variants that share the thief's data (same fraction) train in one cohort per
+seed with one teacher forward per batch; only a change of fraction needs its own
+from-scratch baseline.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdaudit.distill.access import OutputPolicy
+from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig
+
+BASE = "base"
+#: the order of knobs in a variant's name and description
+AXES = ("output", "fraction", "temperature", "ac_stage")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    attacks: tuple[str, ...] = ()
+    #: the sweep table this variant belongs to ("output", ...; "grid" for combinations; "panel")
+    axis: str = BASE
+
+    @property
+    def is_base(self) -> bool:
+        return self.name == BASE
+
+
+def affected(axis: str, attack: str, overrides: dict[str, Any] | None = None) -> bool:
+    """Whether changing `axis` changes `attack`'s numbers (otherwise the variant skips it)."""
+    if axis == "output":
+        policy = OutputPolicy.parse(str((overrides or {}).get("output", "logits")))
+        return attack not in DATA_FREE_ATTACKS or (policy.full_scores and "dfad" in attack)
+    if axis in ("fraction", "temperature"):
+        return attack not in DATA_FREE_ATTACKS
+    if axis == "ac_stage":
+        return "skeptical" in attack
+    raise ValueError(f"unknown axis {axis}")
+
+
+def variant_name(overrides: dict[str, Any]) -> str:
+    return ",".join(f"{k}={overrides[k]:g}" if isinstance(overrides[k], float) else f"{k}={overrides[k]}"
+                    for k in AXES if k in overrides) or BASE
+
+
+def describe(overrides: dict[str, Any], config: AuditConfig) -> str:
+    """Plain words for a setting, e.g. 'top-5 probabilities, 10% of the data'."""
+    merged = base_values(config) | overrides
+    parts = [OutputPolicy.parse(str(merged["output"])).describe(), f"{100 * merged['fraction']:g}% of the data"]
+    if "temperature" in overrides:
+        parts.append(f"KD temperature {merged['temperature']:g}")
+    if "ac_stage" in overrides:
+        parts.append(f"skeptical AC at stage {merged['ac_stage']}")
+    return ", ".join(parts)
+
+
+def base_values(config: AuditConfig) -> dict[str, Any]:
+    return {"output": config.threat.output, "fraction": config.fraction, "temperature": config.kd.temperature,
+            "ac_stage": config.skeptical.ac_stage}
+
+
+def _variant(overrides: dict[str, Any], attacks: list[str], axis: str) -> Variant | None:
+    kept = tuple(a for a in attacks if all(affected(k, a, overrides) for k in overrides))
+    return Variant(variant_name(overrides), overrides, kept, axis) if kept else None
+
+
+def panel_variants(config: AuditConfig) -> tuple[list[str], list[Variant]]:
+    """The `standard` panel: extra base attacks and variants (issue "Verdicts people can trust").
+
+    Normal KD at tau 1, 4 and 20; the skeptical student at its default AC depth and one
+    shallower (or deeper, when the default is already stage 1); DFAD as the data-free,
+    black-box attack; normal KD on labels only.
+    """
+    extra = [a for a in ("normal_kd", "skeptical", "datafree_dfad") if a not in config.attacks]
+    out: list[Variant] = []
+    for tau in (1.0, 4.0, 20.0):
+        if tau != config.kd.temperature:
+            out.append(Variant(variant_name({"temperature": tau}), {"temperature": tau}, ("normal_kd",), "panel"))
+    other_depth = 1 if (config.skeptical.ac_stage or 2) != 1 else 2
+    out.append(Variant(variant_name({"ac_stage": other_depth}), {"ac_stage": other_depth}, ("skeptical",), "panel"))
+    if config.threat.output != "label":
+        out.append(Variant(variant_name({"output": "label"}), {"output": "label"}, ("normal_kd",), "panel"))
+    return extra, out
+
+
+def expand_variants(config: AuditConfig) -> list[Variant]:
+    """Base first, then the panel's variants, then the sweep's (duplicates by name dropped)."""
+    attacks = list(config.attacks)
+    variants: list[Variant] = []
+    if config.panel == "standard":
+        extra, variants = panel_variants(config)
+        attacks += extra
+    base = base_values(config)
+    sw = config.sweep
+    axes = {"output": sw.outputs, "fraction": sw.fractions, "temperature": sw.temperatures, "ac_stage": sw.ac_stages}
+    axes = {k: [v for v in vs if v != base[k]] for k, vs in axes.items()}
+    if sw.mode == "each":
+        for axis, values in axes.items():
+            for value in values:
+                v = _variant({axis: value}, attacks, axis)
+                if v is not None:
+                    variants.append(v)
+    else:
+        listed = [(axis, [base[axis], *values]) for axis, values in axes.items() if values]
+        for combo in itertools.product(*(vals for _, vals in listed)):
+            overrides = {axis: value for (axis, _), value in zip(listed, combo, strict=True) if value != base[axis]}
+            v = _variant(overrides, attacks, "grid") if overrides else None
+            if v is not None:
+                variants.append(v)
+    seen: set[str] = set()
+    unique = []
+    for v in [Variant(BASE, {}, tuple(dict.fromkeys(attacks))), *variants]:
+        if v.name not in seen:
+            seen.add(v.name)
+            unique.append(v)
+    return unique
+
+
+def apply(config: AuditConfig, overrides: dict[str, Any]) -> AuditConfig:
+    """The base config with a variant's knobs set (validated like any config)."""
+    data = config.model_dump()
+    if "output" in overrides:
+        data["threat"]["output"] = overrides["output"]
+    if "fraction" in overrides:
+        data["fraction"] = overrides["fraction"]
+    if "temperature" in overrides:
+        data["kd"]["temperature"] = overrides["temperature"]
+    if "ac_stage" in overrides:
+        data["skeptical"]["ac_stage"] = overrides["ac_stage"]
+    data["sweep"], data["panel"] = {}, None
+    return AuditConfig.model_validate(data)

@@ -1,0 +1,20 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def digits_teachers(tmp_path_factory):
+    """The digits recipe's normal and nasty teachers (`protect`, seed 0), trained once per session.
+
+    About a minute on 2 idle cores; the science and threat-model tests both audit them.
+    """
+    from kdaudit.distill.protect import ProtectConfig, protect_teacher
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("teachers")
+    return protect_teacher(ProtectConfig(dataset="digits", seed=0, out=out / "nasty.safetensors",
+                                         normal_out=out / "normal.safetensors", verify=False, device="cpu"))
