@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from kdaudit.distill.access import OutputPolicy
 from kdaudit.distill.augment import random_crop_flip
 from kdaudit.distill.config import KDSettings, SkepticalSettings, TrainSchedule
 from kdaudit.distill.data import load_splits
@@ -41,9 +42,22 @@ PRESETS = {
     # a teacher much bigger than its students, as in real audits: the shared forward pays off
     "cpu-mnist": dict(dataset="mnist", teacher="cnn-64-128-128-256", students=["cnn-8-16-16-32", "cnn-16-32-32-64"],
                       attacks=["normal_kd", "skeptical"], seeds=2, epochs=1, batch_size=64, fraction=0.05),
+    # the same audit with the standard panel's data-available variants (KD at tau 1 and 20, label-only
+    # KD, skeptical at AC stage 1): 6 of 7 runs per student and seed need the teacher
+    "cpu-panel": dict(dataset="mnist", teacher="cnn-64-128-128-256", students=["cnn-8-16-16-32", "cnn-16-32-32-64"],
+                      attacks=["normal_kd", "skeptical"], seeds=2, epochs=1, batch_size=64, fraction=0.05, panel=True),
     "cuda": dict(dataset="cifar10", teacher="resnet18", students=["mobilenetv2", "resnet18"],
                  attacks=["normal_kd", "skeptical"], seeds=3, epochs=2, batch_size=512, fraction=1.0),
 }
+
+
+#: the standard panel's data-available variants (distill/variants.py): (kind, name, kd, skeptical, output)
+PANEL_VARIANTS = (
+    ("normal_kd", "temperature=1", KDSettings(temperature=1.0), None, None),
+    ("normal_kd", "temperature=20", KDSettings(temperature=20.0), None, None),
+    ("normal_kd", "output=label", None, None, OutputPolicy.parse("label")),
+    ("skeptical", "ac_stage=1", None, SkepticalSettings(ac_stage=1), None),
+)
 
 
 def members_for(args) -> list[Member]:
@@ -52,6 +66,9 @@ def members_for(args) -> list[Member]:
         for student in args.students:
             out.append(Member(f"scratch/{student}/seed{seed}", "scratch", student, seed))
             out += [Member(f"{a}/{student}/seed{seed}", a, student, seed) for a in args.attacks]
+            if getattr(args, "panel", False):
+                out += [Member(f"{name}:{kind}/{student}/seed{seed}", kind, student, seed, kd=kd, skeptical=sk, view=view)
+                        for kind, name, kd, sk, view in PANEL_VARIANTS]
     return out
 
 
@@ -79,11 +96,15 @@ def naive(args, splits, teacher, device) -> float:
                 else:
                     with torch.no_grad():
                         t = teacher(x)
+                    t = m.view.apply(t) if m.view is not None else t
+                    mkd, msk = m.kd or kd, m.skeptical or sk
+                    tau = 1.0 if m.view is not None and m.view.hard else mkd.temperature
                     if m.kind == "normal_kd":
-                        loss = hinton_kd_loss(model(x), t, y, kd.alpha, kd.temperature)
+                        loss = hinton_kd_loss(model(x), t, y, mkd.alpha, tau)
                     else:
-                        loss = skeptical_loss(model(x), t, y, ac_index=MultiExitNet.exit_index(model.default_ac_stage),
-                                              sd_index=1, alpha=kd.alpha, tau=kd.temperature, beta=sk.sd_beta)
+                        ac = msk.ac_stage or model.default_ac_stage
+                        loss = skeptical_loss(model(x), t, y, ac_index=MultiExitNet.exit_index(ac),
+                                              sd_index=MultiExitNet.exit_index(3), alpha=mkd.alpha, tau=tau, beta=msk.sd_beta)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

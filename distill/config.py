@@ -220,6 +220,20 @@ class AuditConfig(BaseModel):
     def _unique_attacks(cls, v: list[str]) -> list[str]:
         return list(dict.fromkeys(v))
 
+    @model_validator(mode="after")
+    def _data_free_needs_scores(self) -> AuditConfig:
+        """Refuse at the edge what cannot run: data-free losses need a score for every class."""
+        from kdaudit.distill.access import OutputPolicy
+
+        policy = OutputPolicy.parse(self.threat.output)
+        for attack in self.attacks:
+            if attack in DATA_FREE_ATTACKS and not policy.full_scores:
+                raise ValueError(f"{attack} needs a score for every class (output policy logits or probs); "
+                                 f"{policy.spec} hides them")
+            if "zskt" in attack and policy.kind != "logits":
+                raise ValueError(f"{attack} backpropagates through the teacher's logits; it runs with output policy logits only")
+        return self
+
     @field_validator("students")
     @classmethod
     def _known_students(cls, v: list[str]) -> list[str]:

@@ -424,6 +424,16 @@ skeptical exit stage: {_e(sk.get("ac_stage") or "architecture default")}.</p>
 </section>"""
 
 
+def _cost_paragraph(report: Report) -> str:
+    """Cost of theft: the strongest attack's measured cost, extrapolated, with its assumptions."""
+    c = report.summary.theft_cost
+    if c is None:
+        return ""
+    items = "".join(f"<li>{_e(a)}</li>" for a in c.assumptions)
+    return (f'<p id="theft-cost"><strong>Cost of theft:</strong> {_e(c.summary())}</p>'
+            f"<details><summary>Assumptions behind the cost</summary><ul>{items}</ul></details>")
+
+
 def _settings_section(report: Report) -> str:
     """Worst case and one table per sweep/panel, when the audit covered more than one setting."""
     if not report.sweeps and report.summary.worst_case is None:
@@ -536,6 +546,7 @@ def render_report_html(report: Report | dict[str, Any], *, title: str | None = N
 <p class="verdict {verdict_class}" id="verdict" data-verdict="{verdict_class}"><span class="badge {verdict_class}">{_e(VERDICT_WORDS.get(s.verdict, s.verdict))}</span>{_e(verdict_sentence(report))}</p>
 <p class="meta">Best attack: {_e(kind_label(s.best_attack))} on <code>{_e(s.best_student)}</code> ·
 Δacc (skeptical − normal KD): {_e(_pts(s.delta_acc))}</p>
+{_cost_paragraph(report)}
 </section>
 {_threat_model(report, kinds)}
 <section aria-labelledby="h-plots">

@@ -13,7 +13,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -62,7 +62,7 @@ from kdaudit.distill.report import (
     delta_acc,
 )
 from kdaudit.distill.train import Cohort, EpochReport, Member, MemberResult, accuracy, predict, resolve_device
-from kdaudit.distill.variants import BASE, Variant, describe, expand_variants
+from kdaudit.distill.variants import BASE, DEFAULT_AC_STAGE, Variant, describe, expand_variants
 from kdaudit.distill.variants import apply as apply_variant
 from kdaudit.models.multi_exit import MultiExitNet
 
@@ -207,8 +207,13 @@ def run_audit(
     done_runs: dict[str, RunRecord] | None = None,
     data_root: Path | None = None,
     checkpoint_dir: Path | None = None,
-) -> Report:
+    only_seeds: Collection[int] | None = None,
+) -> Report | None:
     """Run every planned run not in `done_runs` and assemble the report.
+
+    With `only_seeds`, train just those seeds' runs and return None: one part of an audit
+    split across workers (workers/); the part that finds every run done assembles the report
+    by calling this again with all runs in `done_runs` (it then trains nothing).
 
     Per seed, every data-available run that shares the thief's data (same fraction), across
     the base setting and all variants, trains in one cohort: one teacher query per batch,
@@ -253,6 +258,8 @@ def run_audit(
                            rec.val_curve[rec.best_epoch - 1], rec))
 
     for seed in range(config.base_seed, config.base_seed + config.seeds):
+        if only_seeds is not None and seed not in only_seeds:
+            continue
         todo = [r for r in runs if r.seed == seed and r.key not in records]
         by_fraction: dict[float, list[RunSpec]] = {}
         for r in todo:
@@ -296,6 +303,8 @@ def run_audit(
             retries = [Retry(reason=why, change=change) for why, change in pairs]
             finish(r, _record(result, splits, teacher_logits, retries, spec=r, output=vc.threat.output), checkpoints)
 
+    if only_seeds is not None:
+        return None
     report = assemble_report(config, runs, records, splits, teacher_acc, teacher_sha256, device, time.perf_counter() - started)
     report.threat = threat_info(config, runs, records, len(splits.x_test), teacher)
     return report
@@ -572,7 +581,7 @@ def _summarise_variants(summary: Summary, config: AuditConfig, base_attacks: lis
 def sweep_tables(config: AuditConfig, base_attacks: list[AttackResult], variants: list[VariantResult]) -> list[SweepTable]:
     """One table per swept knob (and one for a grid or a panel), base value included for reference."""
     base = {"output": config.threat.output, "fraction": config.fraction, "temperature": config.kd.temperature,
-            "ac_stage": config.skeptical.ac_stage or "default"}
+            "ac_stage": config.skeptical.ac_stage or DEFAULT_AC_STAGE}
     tables: list[SweepTable] = []
     axes = list(dict.fromkeys(v.axis for v in variants))
     for axis in axes:

@@ -19,6 +19,8 @@ from kdaudit.distill.access import OutputPolicy
 from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig
 
 BASE = "base"
+#: every architecture's default AC stage (models/base.py `default_ac_stage`)
+DEFAULT_AC_STAGE = 2
 #: the order of knobs in a variant's name and description
 AXES = ("output", "fraction", "temperature", "ac_stage")
 
@@ -66,7 +68,7 @@ def describe(overrides: dict[str, Any], config: AuditConfig) -> str:
 
 def base_values(config: AuditConfig) -> dict[str, Any]:
     return {"output": config.threat.output, "fraction": config.fraction, "temperature": config.kd.temperature,
-            "ac_stage": config.skeptical.ac_stage}
+            "ac_stage": config.skeptical.ac_stage or DEFAULT_AC_STAGE}
 
 
 def _variant(overrides: dict[str, Any], attacks: list[str], axis: str) -> Variant | None:
@@ -79,14 +81,18 @@ def panel_variants(config: AuditConfig) -> tuple[list[str], list[Variant]]:
 
     Normal KD at tau 1, 4 and 20; the skeptical student at its default AC depth and one
     shallower (or deeper, when the default is already stage 1); DFAD as the data-free,
-    black-box attack; normal KD on labels only.
+    black-box attack (left out when the base output policy hides scores, which DFAD needs);
+    normal KD on labels only.
     """
-    extra = [a for a in ("normal_kd", "skeptical", "datafree_dfad") if a not in config.attacks]
+    wanted = ["normal_kd", "skeptical"]
+    if OutputPolicy.parse(config.threat.output).full_scores:  # DFAD cannot run on top-k / rounded / label outputs
+        wanted.append("datafree_dfad")
+    extra = [a for a in wanted if a not in config.attacks]
     out: list[Variant] = []
     for tau in (1.0, 4.0, 20.0):
         if tau != config.kd.temperature:
             out.append(Variant(variant_name({"temperature": tau}), {"temperature": tau}, ("normal_kd",), "panel"))
-    other_depth = 1 if (config.skeptical.ac_stage or 2) != 1 else 2
+    other_depth = 1 if (config.skeptical.ac_stage or DEFAULT_AC_STAGE) != 1 else 2
     out.append(Variant(variant_name({"ac_stage": other_depth}), {"ac_stage": other_depth}, ("skeptical",), "panel"))
     if config.threat.output != "label":
         out.append(Variant(variant_name({"output": "label"}), {"output": "label"}, ("normal_kd",), "panel"))

@@ -93,6 +93,8 @@ def print_report(report: Report) -> None:
                   f"verdict: [bold]{s.verdict.upper()}[/bold]")
     if s.headline:
         console.print(s.headline, markup=False)
+    if s.theft_cost is not None:
+        console.print(f"cost of theft: {s.theft_cost.summary()}", markup=False)
     th = report.threat
     if th is not None and (th.output != "logits" or th.query_budget or th.remote):
         console.print(f"threat model: {th.output_description}; budget {th.query_budget or 'none'}; "

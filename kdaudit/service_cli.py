@@ -81,6 +81,8 @@ def start_worker_process(settings: Any, *, loglevel: str = "INFO", log_file: Pat
         var = f"KDAUDIT_{name.upper()}"
         if value is None:
             env.pop(var, None)
+        elif isinstance(value, list | tuple):  # list settings read comma-separated (remote_teacher_hosts)
+            env[var] = ",".join(str(v) for v in value)
         else:
             env[var] = str(value).lower() if isinstance(value, bool) else str(value)
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child
@@ -260,6 +262,56 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remote_headers(args: argparse.Namespace) -> dict[str, str]:
+    """--header 'Name: value' and --header-env 'Name=ENV_VAR' (the value read from the
+    environment, so that an API key stays out of shell history and `ps`)."""
+    headers: dict[str, str] = {}
+    for h in args.header or []:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise _Usage("--header takes 'Name: value' (a colon between the name and the value)")
+        headers[name.strip()] = value.strip()
+    for h in args.header_env or []:
+        name, sep, var = h.partition("=")
+        if not sep or not name.strip() or not var.strip():
+            raise _Usage(f"--header-env takes 'Name=ENV_VAR', got {h[:60]!r}")  # no value here: only a variable name
+        value = os.environ.get(var.strip())
+        if value is None:
+            raise _Usage(f"--header-env {name.strip()}: environment variable {var.strip()} is not set")
+        headers[name.strip()] = value
+    return headers
+
+
+@_client_guard
+def cmd_register_remote(args: argparse.Namespace) -> int:
+    headers = _remote_headers(args)
+    with _client(args) as c:
+        doc = c.register_remote(
+            args.url,
+            args.response,
+            args.dataset,
+            architecture=args.arch,
+            headers=headers or None,
+            timeout_s=args.timeout,
+            max_retries=args.max_retries,
+            backoff_s=args.backoff,
+            concurrency=args.concurrency,
+            max_batch=args.max_batch,
+        )
+    if args.json:
+        _print(doc)
+    else:
+        print(doc["id"])
+        remote = doc.get("remote") or {}
+        names = remote.get("header_names") or []
+        print(
+            f"kdaudit: remote teacher {doc['id']} registered: {doc['filename']} ({remote.get('response')}, "
+            f"{doc['dataset']})" + (f", headers stored as secrets: {', '.join(names)}" if names else ""),
+            file=sys.stderr,
+        )
+    return 0
+
+
 @_client_guard
 def cmd_submit(args: argparse.Namespace) -> int:
     with _client(args) as c:
@@ -358,7 +410,7 @@ def _data_parent() -> argparse.ArgumentParser:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from kdaudit.distill.config import AttackName
 
-    """Add serve, worker, migrate, keys, upload, submit, status, report and cancel."""
+    """Add serve, worker, migrate, keys, upload, register-remote, submit, status, report and cancel."""
     data = _data_parent()
     client = _client_parent()
 
@@ -402,6 +454,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", help="checkpoint format (detected if omitted)")
     p.add_argument("--num-classes", type=int)
     p.set_defaults(func=cmd_upload)
+
+    p = subparsers.add_parser(
+        "register-remote",
+        parents=[client],
+        help="register a teacher served over HTTP (its host must be in the server's remote_teacher_hosts)",
+        description="Register a teacher behind an HTTP prediction endpoint (the protocol of `kdaudit serve-teacher`). "
+        "Audit it with `kdaudit submit <teacher id>`. Header values and the URL's query string are stored as "
+        "secrets on the server and never shown again.",
+    )
+    p.add_argument("--url", required=True, help="endpoint URL, e.g. https://models.example.com/v1/predict")
+    p.add_argument("--response", required=True, choices=["logits", "probabilities", "labels"], help="what the endpoint answers")
+    p.add_argument("--dataset", required=True, help="dataset/preprocessing it expects: digits, mnist, fashion-mnist, cifar10")
+    p.add_argument("--arch", help="informational architecture name (default: remote)")
+    p.add_argument("--header", action="append", metavar="'NAME: VALUE'", help="header sent with every request (repeatable)")
+    p.add_argument("--header-env", action="append", metavar="NAME=ENV_VAR",
+                   help="header whose value is read from an environment variable (keeps keys out of shell history)")
+    p.add_argument("--timeout", type=float, help="seconds per request (server default 10)")
+    p.add_argument("--max-retries", type=int, help="retries on connection errors, timeouts, 5xx, 429 (default 4)")
+    p.add_argument("--backoff", type=float, help="first retry delay in seconds, doubled each retry (default 0.5)")
+    p.add_argument("--concurrency", type=int, help="requests in flight at once (default 4)")
+    p.add_argument("--max-batch", type=int, help="images per request (default 256)")
+    p.set_defaults(func=cmd_register_remote)
 
     p = subparsers.add_parser("submit", parents=[client], help="queue an audit of an uploaded teacher")
     p.add_argument("teacher_id")

@@ -83,6 +83,26 @@ class Client:
                 "POST", "/v1/teachers", data=data, files={"file": (path.name, fh, "application/octet-stream")}
             ).json()
 
+    def register_remote(
+        self,
+        url: str,
+        response: str,
+        dataset: str,
+        *,
+        architecture: str | None = None,
+        headers: dict[str, str] | None = None,
+        **knobs: Any,
+    ) -> dict[str, Any]:
+        """Register a teacher served over HTTP (POST /v1/teachers/remote). `knobs`: timeout_s,
+        max_retries, backoff_s, concurrency, max_batch (None = the server's default)."""
+        body: dict[str, Any] = {"url": url, "response": response, "dataset": dataset}
+        if architecture:
+            body["architecture"] = architecture
+        if headers:
+            body["headers"] = headers
+        body.update({k: v for k, v in knobs.items() if v is not None})
+        return self._request("POST", "/v1/teachers/remote", json=body).json()
+
     def submit(self, teacher_id: str, *, idempotency_key: str | None = None, **options: Any) -> dict[str, Any]:
         body = {"teacher_id": teacher_id, **{k: v for k, v in options.items() if v is not None}}
         key = idempotency_key or uuid.uuid4().hex

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from celery import Celery
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
@@ -22,10 +22,19 @@ from kdaudit.service.auth import current_tenant
 from kdaudit.service.deps import get_celery, get_files, get_session, get_settings, reject_unknown_query
 from kdaudit.service.limits import check_audit_plan, limit_problem
 from kdaudit.service.problems import Problem
-from kdaudit.service.schemas import ID_PATTERN, AuditCreate, AuditList, AuditOut, TeacherList, TeacherOut
+from kdaudit.service.schemas import (
+    ID_PATTERN,
+    AuditCreate,
+    AuditList,
+    AuditOut,
+    RemoteTeacherCreate,
+    TeacherList,
+    TeacherOut,
+)
+from kdaudit.store import remote_teachers as rt
 from kdaudit.store import repo
 from kdaudit.store.files import FileStore
-from kdaudit.store.models import Audit, Tenant
+from kdaudit.store.models import Audit, Teacher, Tenant, new_id
 from kdaudit.store.settings import ServiceSettings
 from kdaudit.workers.app import TASK_RUN_AUDIT
 
@@ -298,6 +307,120 @@ def _validate(path: FsPath, arch: str, num_classes: int, in_channels: int, fmt: 
     return validate_teacher_file(path, arch, num_classes, in_channels, fmt=fmt, settings=settings)
 
 
+# Forbidden in a remote teacher's `headers`: the HTTP client sets them, or they would let a
+# tenant aim an allowed address at another virtual host.
+_RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection",
+                               "te", "trailer", "upgrade", "keep-alive", "proxy-authorization", "proxy-connection"})  # fmt: skip
+
+
+def _host_problem(e: KdauditError) -> Problem:
+    """A refused remote URL: 403 naming the setting when the allowlist refuses it, else 422."""
+    if isinstance(e, rt.RemoteHostNotAllowed):
+        return Problem(403, str(e), slug="remote-host-not-allowed", setting=rt.SETTING)
+    return Problem(422, str(e), slug="invalid-remote-teacher", setting=rt.SETTING)
+
+
+@router.post(
+    "/teachers/remote",
+    status_code=201,
+    response_model=TeacherOut,
+    responses=_errors(
+        _400="The body is not JSON",
+        _403="Remote teachers are disabled, or the URL's host is not allowed by remote_teacher_hosts "
+        "(`setting` names it)",
+        _413="Body over max_json_body_bytes",
+    ),
+)
+@_release_db
+def register_remote_teacher(
+    body: RemoteTeacherCreate,
+    request: Request,
+    response: Response,
+    tenant: Tenant = Depends(current_tenant),
+    settings: ServiceSettings = Depends(get_settings),
+    files: FileStore = Depends(get_files),
+    session: Session = Depends(get_session),
+) -> TeacherOut:
+    """Register a teacher served over HTTP (no file). Its host must be in the server's
+    `remote_teacher_hosts`; the endpoint is not contacted until an audit runs. Headers (API keys)
+    and the URL's query string are stored as secrets and never returned."""
+    entries = rt.parse_entries(settings.remote_teacher_hosts)
+    if not entries:  # before anything else: a server without remote teachers says so, whatever the body
+        raise _host_problem(rt.RemoteHostNotAllowed(rt.disabled_message()))
+    from kdaudit.distill.data import dataset_spec
+    from kdaudit.distill.remote import RemoteTeacherSpec
+
+    headers = dict(body.headers or {})
+    reserved = sorted(k for k in headers if k.lower() in _RESERVED_HEADERS)
+    if reserved:
+        raise Problem(422, f"headers may not set {', '.join(reserved)} (the HTTP client sets them)", slug="validation-error")
+    knobs = {k: getattr(body, k) for k in ("timeout_s", "max_retries", "backoff_s", "concurrency", "max_batch")}
+    try:
+        spec = RemoteTeacherSpec(
+            url=body.url, response=body.response, headers=headers, **{k: v for k, v in knobs.items() if v is not None}
+        )
+    except ValidationError as e:
+        # the messages name the rule, never the value (no header value can leak here)
+        msgs = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}" for err in e.errors()[:5])
+        raise Problem(422, f"invalid remote teacher: {msgs}", slug="validation-error") from None
+    public_url = spec.public_url()
+    if len(public_url) > 255:
+        raise Problem(422, f"the URL without its query string is {len(public_url)} characters; at most 255", slug="validation-error")
+    architecture = rt.REMOTE_ARCH
+    if body.architecture is not None and body.architecture.strip().lower() != rt.REMOTE_ARCH:
+        from kdaudit.models.registry import parse_arch
+
+        try:
+            architecture = parse_arch(body.architecture)
+        except KdauditError as e:
+            raise Problem(422, str(e), slug="validation-error") from None
+    try:
+        ds = dataset_spec(body.dataset)
+    except KdauditError as e:
+        raise Problem(422, str(e), slug="validation-error") from None
+    try:  # the allowlist, then every address the host resolves to (blocking DNS: this route runs in a thread)
+        rt.check_url(spec.url, entries)
+    except KdauditError as e:
+        raise _host_problem(e) from None
+
+    teacher_id = new_id()
+    rt.save_spec(files, teacher_id, spec.model_dump(mode="json"))
+    try:
+        teacher = repo.add_teacher(
+            session,
+            tenant.id,
+            id=teacher_id,
+            sha256=rt.spec_sha256(public_url, spec.response),
+            filename=public_url,
+            architecture=architecture,
+            dataset=body.dataset,
+            num_classes=ds.num_classes,
+            in_channels=ds.in_channels,
+            format=rt.REMOTE_FORMAT,
+            parameters=0,
+            size_bytes=0,
+        )
+    except BaseException:
+        files.delete_secret(rt.secret_name(teacher_id))
+        raise
+    log.info("remote teacher %s registered for tenant %s: %s (%s)", teacher.id, tenant.id, public_url, spec.response)
+    request.app.state.metrics.teachers_uploaded.inc()
+    response.headers["Location"] = f"/v1/teachers/{teacher.id}"
+    return _teacher_out(teacher, files)
+
+
+def _remote_doc(teacher: Teacher, files: FileStore) -> dict[str, Any] | None:
+    """A remote teacher's full stored spec (secrets included: never send it), None otherwise."""
+    if teacher.format != rt.REMOTE_FORMAT:
+        return None
+    return rt.load_spec_doc(files, teacher.id)
+
+
+def _teacher_out(teacher: Teacher, files: FileStore) -> TeacherOut:
+    doc = _remote_doc(teacher, files)
+    return TeacherOut.of(teacher, remote=rt.public_info(doc) if doc is not None else None)
+
+
 @router.get("/teachers", response_model=TeacherList, responses=_errors())
 @_release_db
 def list_teachers(
@@ -305,19 +428,25 @@ def list_teachers(
     limit: int = Query(20, ge=1, le=_MAX_PAGE),
     offset: int = Query(0, ge=0, le=_MAX_OFFSET),
     tenant: Tenant = Depends(current_tenant),
+    files: FileStore = Depends(get_files),
     session: Session = Depends(get_session),
 ) -> TeacherList:
     items, total = repo.list_teachers(session, tenant.id, limit, offset)
-    return TeacherList(items=[TeacherOut.of(t) for t in items], **_page_fields(request, total, limit, offset))
+    return TeacherList(items=[_teacher_out(t, files) for t in items], **_page_fields(request, total, limit, offset))
 
 
 @router.get("/teachers/{teacher_id}", response_model=TeacherOut, responses=_errors(_404="No such teacher (of yours)"))
 @_release_db
-def get_teacher(teacher_id: TeacherId, tenant: Tenant = Depends(current_tenant), session: Session = Depends(get_session)):
+def get_teacher(
+    teacher_id: TeacherId,
+    tenant: Tenant = Depends(current_tenant),
+    files: FileStore = Depends(get_files),
+    session: Session = Depends(get_session),
+):
     teacher = repo.get_teacher(session, tenant.id, teacher_id)
     if teacher is None:
         raise Problem(404, f"no teacher {teacher_id}", slug="not-found")
-    return TeacherOut.of(teacher)
+    return _teacher_out(teacher, files)
 
 
 # ------------------------------------------------------------------ audits
@@ -351,7 +480,36 @@ def _audit_response(response: Response, audit: Audit, settings: ServiceSettings)
     return AuditOut.of(audit)
 
 
-def _build_config(body: AuditCreate, teacher) -> dict[str, Any]:
+#: the output policy an audit of a remote teacher takes by default: what its endpoint reveals
+_REMOTE_OUTPUT = {"logits": "logits", "probabilities": "probs", "labels": "label"}
+
+
+def _remote_threat(kwargs: dict[str, Any], teacher: Teacher, files: FileStore) -> None:
+    """For a remote teacher: the threat model its endpoint implies, and attacks it cannot answer
+    refused now (422) rather than after the worker has queried it."""
+    doc = _remote_doc(teacher, files)
+    if doc is None:
+        raise Problem(422, f"teacher {teacher.id}'s remote settings are missing from the file store; register it again",
+                      slug="invalid-remote-teacher")  # fmt: skip
+    response = str(doc.get("response", "logits"))
+    kwargs.setdefault("threat", {}).setdefault("output", _REMOTE_OUTPUT.get(response, "logits"))
+    for attack in kwargs.get("attacks") or ():
+        if "zskt" in attack:
+            raise Problem(
+                422,
+                f"{attack} is a grey-box attack: it needs the teacher's intermediate activations, and a remote "
+                "teacher only returns output vectors; use datafree_dfad / datafree_dfad_skeptical (black-box)",
+                slug="validation-error",
+            )
+        if attack.startswith("datafree_") and response == "labels":
+            raise Problem(
+                422,
+                f"{attack} needs a score for every class, and this remote teacher answers labels only",
+                slug="validation-error",
+            )
+
+
+def _build_config(body: AuditCreate, teacher, files: FileStore | None = None) -> dict[str, Any]:
     from kdaudit.distill.config import AuditConfig
     from kdaudit.distill.data import dataset_spec
 
@@ -365,15 +523,18 @@ def _build_config(body: AuditCreate, teacher) -> dict[str, Any]:
             slug="validation-error",
         )
     kwargs: dict[str, Any] = {"teacher_arch": teacher.architecture, "dataset": dataset}
-    for name in ("attacks", "students", "seeds", "base_seed", "fraction", "device", "kd", "skeptical"):
+    for name in ("attacks", "students", "seeds", "base_seed", "fraction", "device", "kd", "skeptical", "datafree",
+                 "threat", "sweep", "panel"):
         value = getattr(body, name)
         if value is not None:
-            kwargs[name] = value
+            kwargs[name] = value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
     schedule = dict(body.schedule or {})
     if body.epochs is not None:
         schedule["epochs"] = body.epochs
     if schedule:
         kwargs["schedule"] = schedule
+    if teacher.format == rt.REMOTE_FORMAT and files is not None:
+        _remote_threat(kwargs, teacher, files)
     try:
         return AuditConfig(**kwargs).model_dump(mode="json")
     except ValidationError as e:
@@ -404,6 +565,7 @@ def submit_audit(
     idempotency_key: str | None = Header(default=None, max_length=255, description="Replays return the same audit."),
     tenant: Tenant = Depends(current_tenant),
     settings: ServiceSettings = Depends(get_settings),
+    files: FileStore = Depends(get_files),
     session: Session = Depends(get_session),
     celery: Celery = Depends(get_celery),
 ) -> AuditOut:
@@ -414,7 +576,7 @@ def submit_audit(
     teacher = repo.get_teacher(session, tenant.id, body.teacher_id)
     if teacher is None:
         raise Problem(404, f"no teacher {body.teacher_id}", slug="not-found")
-    config = _build_config(body, teacher)
+    config = _build_config(body, teacher, files)
     runs_total = len(plan_runs(AuditConfig.model_validate(config)))
     fingerprint = repo.request_fingerprint(body.model_dump(mode="json", exclude_none=True))
     replay = idempotency_key is not None and repo.get_by_idempotency_key(session, tenant.id, idempotency_key)

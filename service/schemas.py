@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdaudit.distill.config import AttackName
+from kdaudit.distill.config import AttackName, SweepSettings, ThreatModel
 from kdaudit.store.models import Audit, Teacher
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -28,7 +28,22 @@ class ProblemDoc(BaseModel):
     request_id: str | None = Field(default=None, description="Also in the X-Request-ID header and the server log.")
     limit: str | None = Field(default=None, description="For limit errors: the setting that was exceeded.")
     limit_value: float | None = None
+    setting: str | None = Field(default=None, description="For policy refusals: the server setting that decides (e.g. remote_teacher_hosts).")
     errors: list[dict[str, Any]] | None = Field(default=None, description="For validation errors: one per field.")
+
+
+class RemoteTeacherInfo(BaseModel):
+    """How a remote teacher is reached, as far as a client may see: no header values, and the
+    URL without its query string (which may carry a key)."""
+
+    url: str
+    response: Literal["logits", "probabilities", "labels"]
+    timeout_s: float | None = None
+    max_retries: int | None = None
+    backoff_s: float | None = None
+    concurrency: int | None = None
+    max_batch: int | None = None
+    header_names: list[str] = Field(default_factory=list, description="Names of the stored headers; values are never shown.")
 
 
 class TeacherOut(BaseModel):
@@ -44,9 +59,12 @@ class TeacherOut(BaseModel):
     size_bytes: int
     created_at: datetime
     links: dict[str, str]
+    remote: RemoteTeacherInfo | None = Field(
+        default=None, description="Set for a remote teacher (format `remote-http`, POST /v1/teachers/remote)."
+    )
 
     @classmethod
-    def of(cls, t: Teacher) -> TeacherOut:
+    def of(cls, t: Teacher, remote: dict[str, Any] | None = None) -> TeacherOut:
         return cls(
             id=t.id,
             sha256=t.sha256,
@@ -60,6 +78,7 @@ class TeacherOut(BaseModel):
             size_bytes=t.size_bytes,
             created_at=t.created_at,
             links={"self": f"/v1/teachers/{t.id}"},
+            remote=RemoteTeacherInfo.model_validate(remote) if remote is not None else None,
         )
 
 
@@ -69,6 +88,43 @@ class TeacherList(BaseModel):
     limit: int
     offset: int
     next: str | None
+
+
+_HeaderName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+_HeaderValue = Annotated[str, Field(max_length=4096, pattern=r"^[^\r\n]*$")]
+
+
+class RemoteTeacherCreate(BaseModel):
+    """A teacher behind an HTTP prediction endpoint (protocol: distill/remote.py). Its host must
+    be allowed by the server setting `remote_teacher_hosts`; the service never sees weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=8, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[!-~]+$",
+        description="http(s) URL the images are POSTed to (printable ASCII: punycode for international host names). "
+        "Its query string, if any, is kept secret like the headers; without it the URL must fit in 255 characters.",
+        examples=["https://models.example.com/v1/predict"],
+    )
+    response: Literal["logits", "probabilities", "labels"] = Field(
+        description="What the endpoint answers: logits, softmax probabilities or labels (argmax)."
+    )
+    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10"] = Field(
+        description="Dataset and preprocessing the endpoint expects (its class and channel counts)."
+    )
+    architecture: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="Informational; default `remote` (the service never needs the architecture).",
+    )
+    headers: dict[_HeaderName, _HeaderValue] | None = Field(
+        default=None, max_length=16,
+        description="Sent with every request, e.g. an API key. Stored as a secret: never returned, logged or reported.",
+    )
+    timeout_s: float | None = Field(default=None, gt=0, le=600, description="Per request (default 10).")
+    max_retries: int | None = Field(default=None, ge=0, le=20, description="On connection errors, timeouts, 5xx, 429 (default 4).")
+    backoff_s: float | None = Field(default=None, ge=0, le=30, description="First retry delay, doubled each time (default 0.5).")
+    concurrency: int | None = Field(default=None, ge=1, le=64, description="Requests in flight at once (default 4).")
+    max_batch: int | None = Field(default=None, ge=1, le=65536, description="Images per request (default 256).")
 
 
 class AuditCreate(BaseModel):
@@ -92,6 +148,10 @@ class AuditCreate(BaseModel):
     schedule: dict[str, Any] | None = Field(default=None, description="TrainSchedule fields (epochs, batch_size, lr, ...).")
     kd: dict[str, Any] | None = Field(default=None, description="KD settings (alpha, temperature).")
     skeptical: dict[str, Any] | None = Field(default=None, description="Skeptical-student settings.")
+    datafree: dict[str, Any] | None = Field(default=None, description="Data-free attack settings (budget, iterations, ...).")
+    threat: ThreatModel | None = Field(default=None, description="What the thief sees (output policy), its query budget and billing.")
+    sweep: SweepSettings | None = Field(default=None, description="Extra settings to audit: output policies, data fractions, AC stages, temperatures.")
+    panel: Literal["standard"] | None = Field(default=None, description="A named attack panel; the report adds the worst case over it.")
 
 
 class Progress(BaseModel):

@@ -8,8 +8,10 @@ All fields read `KDAUDIT_*` environment variables like the base class.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from kdaudit.core.settings import Settings
 
@@ -44,6 +46,19 @@ class ServiceSettings(Settings):
     broker_visibility_timeout: int = Field(
         default=6 * 3600, gt=0, description="Redis visibility timeout (s) before an unacknowledged task is redelivered."
     )
+    remote_teacher_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts remote (HTTP) teachers may be registered at and queried on: comma-separated host or "
+        "host:port entries (env KDAUDIT_REMOTE_TEACHER_HOSTS). Empty (default): remote teachers are disabled. "
+        "A name's non-public addresses (loopback, private, link-local) must be listed too. See docs/security.md.",
+    )
+
+    @field_validator("remote_teacher_hosts", mode="before")
+    @classmethod
+    def _parse_remote_hosts(cls, v: Any) -> list[str]:
+        from kdaudit.store.remote_teachers import split_setting
+
+        return split_setting(v)
 
     @property
     def sweep_interval(self) -> float:

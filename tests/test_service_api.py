@@ -231,3 +231,23 @@ def test_readyz_reports_unreachable_broker(tmp_path):
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         doc = _problem(c.get("/readyz"), 503)
         assert doc["checks"]["database"] == "ok" and doc["checks"]["broker"].startswith("unreachable")
+
+
+def test_threat_model_sweep_and_panel_through_the_api(env):
+    c, alice, t = env["client"], env["alice"], env["teacher"]
+    body = h.tiny_audit(t["id"], attacks=["normal_kd"], threat={"output": "top3", "query_budget": 5000},
+                        sweep={"outputs": ["label"], "fractions": [0.5]}, panel="standard")
+    r = c.post("/v1/audits", json=body, headers=h.auth(alice))
+    assert r.status_code == 202, r.text
+    doc = r.json()
+    assert doc["config"]["threat"] == {"output": "top3", "query_budget": 5000, "billing": "distinct"}
+    # base: scratch, normal_kd and the panel's skeptical (no DFAD: top-3 hides scores); the panel's tau 1, tau 20,
+    # AC stage 1 and label-only (the sweep's label point is the same); fraction 0.5: scratch, normal_kd, skeptical
+    assert doc["progress"]["runs_total"] == 3 + 4 + 3
+    doc = _problem(c.post("/v1/audits", json=h.tiny_audit(t["id"], attacks=["datafree_dfad"], threat={"output": "label"}),
+                          headers=h.auth(alice)), 422)
+    assert "needs a score for every class" in doc["detail"]
+    doc = _problem(c.post("/v1/audits", json=h.tiny_audit(t["id"], threat={"output": "top0"}), headers=h.auth(alice)), 422)
+    assert "top0" in doc["detail"]
+    doc = _problem(c.post("/v1/audits", json=h.tiny_audit(t["id"], sweep={"fractions": [0]}), headers=h.auth(alice)), 422)
+    assert "fraction" in doc["detail"]

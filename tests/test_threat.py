@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from kdaudit.cli import main as cli_main
@@ -22,6 +23,7 @@ from kdaudit.distill.config import AuditConfig, TrainSchedule
 from kdaudit.distill.data import load_splits
 from kdaudit.distill.losses import hinton_kd_loss
 from kdaudit.distill.remote import RemoteTeacher, RemoteTeacherSpec
+from kdaudit.distill.render_html import render_report_html
 from kdaudit.distill.runner import plan_runs, run_audit
 from kdaudit.distill.train import Cohort, Member
 from kdaudit.distill.variants import expand_variants
@@ -204,10 +206,20 @@ def test_sweeps_and_panel_expand_into_the_runs_they_change():
     assert set(pv) == {"base", "temperature=1", "temperature=20", "ac_stage=1", "output=label"}
 
 
-def test_data_free_attacks_refuse_policies_that_hide_scores(small_teacher):
-    cfg = AuditConfig(teacher_arch="cnn-8-16-16-32", seeds=1, attacks=["datafree_dfad"], threat={"output": "top3"})
-    with pytest.raises(InputError, match="needs a score for every class"):
-        run_audit(cfg, small_teacher, "x")
+def test_data_free_attacks_refuse_policies_that_hide_scores():
+    with pytest.raises(ValidationError, match="needs a score for every class"):
+        AuditConfig(teacher_arch="cnn-8-16-16-32", attacks=["datafree_dfad"], threat={"output": "top3"})
+    with pytest.raises(ValidationError, match="logits only"):
+        AuditConfig(teacher_arch="cnn-8-16-16-32", attacks=["datafree_zskt"], threat={"output": "probs"})
+    panel = AuditConfig(teacher_arch="cnn-8-16-16-32", attacks=["normal_kd"], threat={"output": "top3"}, panel="standard")
+    assert "datafree_dfad" not in expand_variants(panel)[0].attacks  # the panel leaves DFAD out rather than fail
+
+
+def test_a_labels_endpoint_refuses_policies_that_need_scores(served):
+    _, url = served(response="labels")
+    cfg = AuditConfig(teacher_arch="remote", seeds=1, schedule={"epochs": 1}, attacks=["normal_kd"], threat={"output": "top2"})
+    with pytest.raises(InputError, match="returns labels only"):
+        run_audit(cfg, _remote(url, response="labels"), "remote")
 
 
 def test_panel_report_names_the_worst_case_and_the_weakest_setting(small_teacher, one_thread):
@@ -226,6 +238,14 @@ def test_panel_report_names_the_worst_case_and_the_weakest_setting(small_teacher
     assert any(r.value == "output=label" for r in next(t for t in report.sweeps if t.axis == "panel").rows)
     assert report.threat.notes and "labels" in report.threat.notes[0]
     assert {r.output for r in report.runs if r.variant == "output=label"} == {"label"}
+    # cost of theft: the worst case's, extrapolated to digits' 1,200 images x 40 epochs from 1,080 x 3
+    assert report.summary.theft_cost is not None and report.summary.theft_cost == wc.cost
+    kd_cost = next(a.cost for a in report.attacks if a.attack == "normal_kd")
+    assert kd_cost.scale == pytest.approx(1200 * 40 / (1080 * 3), rel=1e-3)
+    page = render_report_html(report)
+    for marker in ('id="worst-case"', 'id="theft-cost"', 'data-axis="panel"', 'data-axis="fraction"', "Settings audited"):
+        assert marker in page
+    assert report.summary.headline in page  # with several settings, the verdict sentence is the headline
 
 
 # ---------------------------------------------------------------- the paper's threat models, measured

@@ -25,6 +25,7 @@ from kdaudit.core.errors import CancelledError, CheckpointError, KdauditError
 from kdaudit.store import migrate, repo
 from kdaudit.store.db import session_factory
 from kdaudit.store.files import FileStore
+from kdaudit.store.remote_teachers import REMOTE_FORMAT, load_spec_doc
 from kdaudit.store.settings import ServiceSettings, get_service_settings
 from kdaudit.workers.app import TASK_RUN_AUDIT
 from kdaudit.workers.sweep import sweep_once
@@ -108,15 +109,28 @@ def _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat)
         if teacher is None:
             raise CheckpointError("the audit's teacher no longer exists")
         config = AuditConfig.model_validate(config_data)
-        path = FileStore(settings.resolved_storage_dir).path_for(teacher.sha256)
-        if not path.is_file():
-            raise CheckpointError(f"teacher file {teacher.sha256[:12]}... is missing from the file store")
+        files = FileStore(settings.resolved_storage_dir)
+        remote_spec = None
+        if teacher.format == REMOTE_FORMAT:
+            remote_spec = load_spec_doc(files, teacher.id)
+            if remote_spec is None:
+                raise CheckpointError("the remote teacher's settings are missing from the file store; register it again")
+        else:
+            path = files.path_for(teacher.sha256)
+            if not path.is_file():
+                raise CheckpointError(f"teacher file {teacher.sha256[:12]}... is missing from the file store")
         done = {k: RunRecord.model_validate(v) for k, v in recorded.items()}
         total = len(plan_runs(config))
         repo.update_progress(session, audit_id, wid, current_run=None, epoch=None, epochs=None, runs_total=total)
-        model = load_teacher(
-            path, teacher.architecture, teacher.num_classes, teacher.in_channels, fmt=teacher.format, settings=settings
-        )
+        if remote_spec is not None:
+            from kdaudit.workers.remote_teacher import build_teacher
+
+            # checked against remote_teacher_hosts now and on every connection (see workers/remote_teacher.py)
+            model = build_teacher(remote_spec, teacher.num_classes, settings.remote_teacher_hosts)
+        else:
+            model = load_teacher(
+                path, teacher.architecture, teacher.num_classes, teacher.in_channels, fmt=teacher.format, settings=settings
+            )
 
         def progress(ev) -> None:
             if ev.kind == "run_started":
@@ -137,18 +151,23 @@ def _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat)
         def should_cancel() -> bool:
             return beat.lost.is_set() or repo.should_stop(session, audit_id, wid)
 
-        report = run_audit(
-            config,
-            model,
-            teacher.sha256,
-            progress=progress,
-            should_cancel=should_cancel,
-            done_runs=done,
-            data_root=settings.datasets_dir,
-            # per-epoch cohort checkpoints; on a volume shared by the workers a redelivered audit
-            # resumes mid-seed, otherwise from its last finished run
-            checkpoint_dir=settings.data_dir / "checkpoints" / audit_id,
-        )
+        try:
+            report = run_audit(
+                config,
+                model,
+                teacher.sha256,
+                progress=progress,
+                should_cancel=should_cancel,
+                done_runs=done,
+                data_root=settings.datasets_dir,
+                # per-epoch cohort checkpoints; on a volume shared by the workers a redelivered audit
+                # resumes mid-seed, otherwise from its last finished run
+                checkpoint_dir=settings.data_dir / "checkpoints" / audit_id,
+            )
+        finally:
+            close = getattr(model, "close", None)  # a remote teacher's pooled connections
+            if callable(close):
+                close()
         body = json.loads(report.to_json())
         if repo.store_report(session, audit_id, wid, body):
             log.info("audit %s succeeded", audit_id)
