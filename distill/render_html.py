@@ -457,7 +457,7 @@ def _settings_section(report: Report) -> str:
         parts.append(
             f'<div class="table-wrap"><table data-axis="{_e(table.axis)}"><caption>{_e(table.axis)} '
             f"(base: {_e(table.base_value)})</caption><thead><tr><th>{_e(table.axis)}</th><th>attack</th><th>student</th>"
-            f'<th class="num">accuracy %</th><th class="num">Δbase</th><th class="num">queries</th></tr></thead>'
+            f'<th class="num">accuracy %</th><th class="num">Δbase</th><th class="num">queries (all seeds)</th></tr></thead>'
             f"<tbody>{rows}</tbody></table></div>"
         )
     if report.threat is not None:

@@ -570,10 +570,9 @@ def _summarise_variants(summary: Summary, config: AuditConfig, base_attacks: lis
     weakest = max(settings, key=lambda t: (VERDICT_SEVERITY[t[2]], t[3]))
     summary.base_verdict = base_verdict  # type: ignore[assignment]
     summary.verdict = weakest[2]  # type: ignore[assignment]
-    verb = {"leaks": "leaks", "inconclusive": "is inconclusive", "resists": "resists"}[weakest[2]]
     summary.headline = (
-        f"The teacher {verb} in its weakest setting ({weakest[1]}); the strongest thief overall is "
-        f"{a.attack} ({a.student}) under {words}: {a.accuracy.mean:.2f}% ± {a.accuracy.std:.2f}, "
+        f"{weakest[2].upper()} in the weakest setting audited ({weakest[1]}); the strongest thief overall is "
+        f"{a.attack} on {a.student} under {words}: {a.accuracy.mean:.2f}% ± {a.accuracy.std:.2f}, "
         f"{a.delta_base:+.2f} pts vs scratch, {a.teacher_queries:,} teacher queries over {config.seeds} seed(s)."
     )
 

@@ -76,7 +76,7 @@ def report_table(report: Report, title: str | None = None) -> Table:
 
 def sweep_table(table) -> Table:
     t = Table(title=f"{table.axis} (base: {table.base_value})")
-    for col in (table.axis, "attack", "student", "accuracy % (mean ± std)", "Δbase", "queries"):
+    for col in (table.axis, "attack", "student", "accuracy % (mean ± std)", "Δbase", "queries (all seeds)"):
         t.add_column(col)
     for r in table.rows:
         t.add_row(r.value, r.attack, r.student, fmt_stats(r.accuracy.mean, r.accuracy.std), f"{r.delta_base:+.2f}", f"{r.teacher_queries:,}")
