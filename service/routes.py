@@ -36,7 +36,7 @@ from kdaudit.store import repo
 from kdaudit.store.files import FileStore
 from kdaudit.store.models import Audit, Teacher, Tenant, new_id
 from kdaudit.store.settings import ServiceSettings
-from kdaudit.workers.app import TASK_RUN_AUDIT
+from kdaudit.workers.app import TASK_RUN_AUDIT, TASK_RUN_PART
 
 log = logging.getLogger("kdaudit.api")
 router = APIRouter(prefix="/v1", dependencies=[Depends(current_tenant), Depends(reject_unknown_query)])
@@ -582,6 +582,7 @@ def submit_audit(
     replay = idempotency_key is not None and repo.get_by_idempotency_key(session, tenant.id, idempotency_key)
     if not replay:  # a replay returns the earlier audit even if limits changed since
         check_audit_plan(config, runs_total, settings)
+    parts = repo.plan_parts(config, settings.audit_parts)  # None: one task runs the whole audit
     try:
         audit, created = repo.create_audit(
             session,
@@ -593,6 +594,7 @@ def submit_audit(
             request_hash=fingerprint,
             idempotency_key=idempotency_key,
             max_active=settings.max_concurrent_audits_per_tenant,
+            parts=parts,
         )
     except repo.ActiveLimit as e:
         active = e.args[0]
@@ -614,7 +616,11 @@ def submit_audit(
         ) from None
     if created:
         try:
-            celery.send_task(TASK_RUN_AUDIT, args=[audit.id])
+            if parts:  # split across workers: one task per part, the last to finish assembles
+                for i in range(len(parts)):
+                    celery.send_task(TASK_RUN_PART, args=[audit.id, i])
+            else:
+                celery.send_task(TASK_RUN_AUDIT, args=[audit.id])
         except Exception:
             log.exception("could not enqueue audit %s", audit.id)
             repo.delete_audit(session, audit.id)

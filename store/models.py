@@ -17,6 +17,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -156,3 +157,30 @@ class ReportRow(Base):
     verdict: Mapped[str] = mapped_column(String(16))
     body: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditPart(Base):
+    """One part of an audit split across workers (`audit_parts` > 1): a disjoint set of seeds.
+
+    A split audit has one row per part; each part is claimed, heart-beaten and finished like a
+    whole audit is (queued -> running -> succeeded | failed | cancelled). The audit row keeps
+    the overall status and progress; its report is assembled once every part has succeeded.
+    """
+
+    __tablename__ = "audit_parts"
+    __table_args__ = (PrimaryKeyConstraint("audit_id", "part", name="pk_audit_parts"),)
+
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"))
+    part: Mapped[int] = mapped_column(Integer)
+    #: the seeds this part trains (a JSON list of ints)
+    seeds: Mapped[list[int]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    current_run: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    current_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

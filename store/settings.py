@@ -43,6 +43,14 @@ class ServiceSettings(Settings):
         gt=0,
         description="A queued audit untouched this long gets its task message sent again (lost message, API crash).",
     )
+    audit_parts: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Split each audit with several seeds into this many parts (disjoint seed sets, round-robin), "
+        "each a task another worker can run; the last part to finish assembles the report. 1 (default): one task "
+        "runs the whole audit. Read by the API when an audit is submitted. See docs/service.md.",
+    )
     broker_visibility_timeout: int = Field(
         default=6 * 3600, gt=0, description="Redis visibility timeout (s) before an unacknowledged task is redelivered."
     )

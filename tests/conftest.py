@@ -18,3 +18,20 @@ def digits_teachers(tmp_path_factory):
     out = tmp_path_factory.mktemp("teachers")
     return protect_teacher(ProtectConfig(dataset="digits", seed=0, out=out / "nasty.safetensors",
                                          normal_out=out / "normal.safetensors", verify=False, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: many tiny batches on a loaded 2-core box ran ~15x slower with 2."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    """scikit-learn digits with kdaudit's fixed train/val/test split."""
+    from kdaudit.distill.data import load_splits
+
+    return load_splits("digits")

@@ -15,7 +15,6 @@ from torch import nn
 
 from kdaudit.core.errors import InputError
 from kdaudit.distill.config import AuditConfig, DataFreeSettings, TrainSchedule
-from kdaudit.distill.data import load_splits
 from kdaudit.distill.datafree import (
     COLLAPSE_TOP2_SHARE,
     DATAFREE_RETRY_PLAN,
@@ -42,17 +41,8 @@ STUDENT = "cnn-4-8-8-16"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # data-free steps are many tiny batches: on a loaded 2-core box 2 threads ran ~15x slower than 1
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return load_splits("digits")
+def _one_thread_for_every_test(one_thread):
+    """Data-free steps are many tiny batches: every test here runs on one torch thread (conftest)."""
 
 
 @pytest.fixture(scope="module")

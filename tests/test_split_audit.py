@@ -13,7 +13,7 @@ def test_parts_by_seed_then_assembly_equal_one_process():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     teacher = build_model("cnn-8-16-16-32", 10, 1).eval()
-    cfg = AuditConfig(teacher_arch="cnn-8-16-16-32", seeds=2, schedule={"epochs": 2}, attacks=["normal_kd", "skeptical"],
+    cfg = AuditConfig(teacher_arch="cnn-8-16-16-32", seeds=2, schedule={"epochs": 1}, attacks=["normal_kd", "skeptical"],
                       sweep={"outputs": ["label"]})
     whole = run_audit(cfg, teacher, "t")
     done: dict = {}

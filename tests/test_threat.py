@@ -20,7 +20,6 @@ from kdaudit.cli import main as cli_main
 from kdaudit.core.errors import InputError, TeacherUnavailableError
 from kdaudit.distill.access import OutputPolicy, QueryBudgetExhausted, TeacherOracle
 from kdaudit.distill.config import AuditConfig, TrainSchedule
-from kdaudit.distill.data import load_splits
 from kdaudit.distill.losses import hinton_kd_loss
 from kdaudit.distill.remote import RemoteTeacher, RemoteTeacherSpec
 from kdaudit.distill.render_html import render_report_html
@@ -32,19 +31,6 @@ from kdaudit.models.checkpoints import load_teacher
 from kdaudit.teacher_server import start_teacher_server
 
 STUDENT = "cnn-4-8-8-16"
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return load_splits("digits")
 
 
 @pytest.fixture(scope="module")

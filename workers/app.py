@@ -1,8 +1,13 @@
 """The Celery application. Importing this module is cheap: it does not import task code.
 
 `celery -A kdaudit.workers.app worker` finds `app` here; the API process builds its own
-app with `make_celery(settings)` and enqueues by task *name* (`TASK_RUN_AUDIT`), so it
-never imports `kdaudit.workers.tasks` (or torch).
+app with `make_celery(settings)` and enqueues by task *name* (`TASK_RUN_AUDIT`, or one
+`TASK_RUN_PART` per part of a split audit), so it never imports `kdaudit.workers.tasks` (or torch).
+
+No result backend (`task_ignore_result`): the database is the only state. That is also why a
+split audit is not a Celery chord -- a chord needs a result backend (Celery refuses to start
+one without: NotImplementedError) -- and is assembled by its last part instead (store/repo.py
+`claim_assembly`).
 
 Brokers: `KDAUDIT_BROKER_URL` (e.g. redis://) in production; unset = embedded mode, a
 filesystem broker under `<data_dir>/broker` shared by the API and the worker processes.
@@ -17,8 +22,7 @@ from celery import Celery
 
 from kdaudit.core.settings import Settings
 from kdaudit.store.settings import ServiceSettings, coerce_settings
-
-TASK_RUN_AUDIT = "kdaudit.run_audit"
+from kdaudit.workers.names import TASK_ASSEMBLE, TASK_RUN_AUDIT, TASK_RUN_PART, TASKS  # noqa: F401 (re-exported)
 
 
 def broker_folders(settings: Settings) -> dict[str, Path]:
@@ -36,7 +40,7 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=settings.queue,
-        task_routes={TASK_RUN_AUDIT: {"queue": settings.queue}},
+        task_routes={name: {"queue": settings.queue} for name in TASKS},
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,

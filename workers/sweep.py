@@ -17,14 +17,14 @@ from celery import Celery
 from kdaudit.store import repo
 from kdaudit.store.db import session_factory
 from kdaudit.store.settings import ServiceSettings
+from kdaudit.workers.names import TASK_ASSEMBLE, TASK_RUN_AUDIT, TASK_RUN_PART
 
 log = logging.getLogger("kdaudit.sweep")
 
-TASK_RUN_AUDIT = "kdaudit.run_audit"
-
 
 def sweep_once(celery: Celery, settings: ServiceSettings) -> repo.Sweep:
-    """Requeue (or fail) orphaned running audits and re-send lost queued ones; returns what it did."""
+    """Requeue (or fail) orphaned running audits and parts, re-send lost queued ones, and hand
+    split audits nobody assembles to an assembly task; returns what it did."""
     with session_factory(settings.resolved_database_url)() as session:
         result = repo.sweep_orphans(
             session,
@@ -38,4 +38,10 @@ def sweep_once(celery: Celery, settings: ServiceSettings) -> repo.Sweep:
         why = "its worker vanished (stale heartbeat)" if audit_id in result.requeued else "its task message was lost"
         log.warning("re-dispatching audit %s: %s", audit_id, why)
         celery.send_task(TASK_RUN_AUDIT, args=[audit_id])
+    for audit_id, part in result.parts:
+        log.warning("re-dispatching part %d of audit %s: its worker vanished or its message was lost", part, audit_id)
+        celery.send_task(TASK_RUN_PART, args=[audit_id, part])
+    for audit_id in result.assemble:
+        log.warning("dispatching the assembly of audit %s: its parts all succeeded, nobody assembled it", audit_id)
+        celery.send_task(TASK_ASSEMBLE, args=[audit_id])
     return result
