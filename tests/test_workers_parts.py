@@ -24,7 +24,7 @@ from kdaudit.store.files import FileStore, sha256_file  # noqa: E402
 from kdaudit.store.models import Audit, AuditPart, utcnow  # noqa: E402
 from kdaudit.workers.names import TASK_ASSEMBLE, TASK_RUN_AUDIT, TASK_RUN_PART  # noqa: E402
 from kdaudit.workers.sweep import sweep_once  # noqa: E402
-from kdaudit.workers.tasks import execute_assembly, execute_part  # noqa: E402
+from kdaudit.workers.tasks import execute_assembly, execute_audit, execute_part  # noqa: E402
 
 
 class FakeCelery:
@@ -163,6 +163,16 @@ def test_parts_then_last_finisher_assembles_once(world):
     assert execute_part(aid, 0, world["settings"], wid="late").startswith("skipped")
     again = report_of(world, aid)
     assert again.created_at == report.created_at and again.body == report.body
+    # the same runs and accuracies as the audit run whole by one task
+    with world["sessions"]() as s:
+        whole, _ = repo.create_audit(s, tenant_id=a.tenant_id, teacher_id=a.teacher_id, config=a.config,
+                                     runs_total=total, epochs=1, request_hash=uuid.uuid4().hex)  # fmt: skip
+    assert execute_audit(whole.id, world["settings"]) == "succeeded"
+    one = report_of(world, whole.id).body
+    assert [(r["kind"], r["seed"], r["test_accuracy"]) for r in one["runs"]] == [
+        (r["kind"], r["seed"], r["test_accuracy"]) for r in report.body["runs"]
+    ]
+    assert one["summary"]["verdict"] == report.body["summary"]["verdict"]
 
 
 def test_claim_assembly_wins_once_and_only_when_every_part_succeeded(world):
@@ -205,8 +215,9 @@ def test_redelivered_part_keeps_recorded_runs(world):
     with world["sessions"]() as s:  # a worker finished one run of part 0, then died
         assert repo.claim_part(s, aid, 0, "dead", 30).outcome == "claimed"
         assert repo.record_run(s, aid, first.key, record)
+    # while it looks alive, a duplicate delivery is refused
+    assert execute_part(aid, 0, world["settings"], wid="dup") == "skipped: running on live worker dead"
     _set(world, AuditPart, [AuditPart.audit_id == aid, AuditPart.part == 0], heartbeat_at=_ago(600))
-    # while it looked alive, a duplicate was refused
     assert execute_part(aid, 1, world["settings"], wid="w1") == "part succeeded"
     assert execute_part(aid, 0, world["settings"], wid="rescuer") == "succeeded"
     p0 = parts_of(world, aid)[0]
