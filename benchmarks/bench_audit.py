@@ -12,6 +12,7 @@ and the speed-up; `--json` writes the figures. Teacher weights do not change the
 the teacher is randomly initialised (no training time in the figures).
 
     python benchmarks/bench_audit.py --preset cpu      # any machine, a few minutes
+    python benchmarks/bench_audit.py --preset cpu-panel  # the standard panel's students (~7 min on 2 cores)
     python benchmarks/bench_audit.py --preset cuda     # CIFAR-10, ResNet-18 teacher, GPU
 """
 
