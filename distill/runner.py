@@ -238,7 +238,7 @@ def run_audit(
     remote = bool(getattr(teacher, "is_remote", False))
     teacher = teacher if remote else teacher.to(device)
     teacher.eval()
-    teacher_logits = predict(teacher, splits.x_test)  # once per audit: accuracy and every run's fidelity
+    teacher_logits = _test_logits(teacher, splits)  # once per audit: accuracy and every run's fidelity
     teacher_acc = teacher_accuracy(teacher, splits, teacher_logits)
     _check_threat(config, configs, variants, teacher, splits.spec.num_classes)
 
@@ -308,6 +308,20 @@ def run_audit(
     report = assemble_report(config, runs, records, splits, teacher_acc, teacher_sha256, device, time.perf_counter() - started)
     report.threat = threat_info(config, runs, records, len(splits.x_test), teacher)
     return report
+
+
+def _test_logits(teacher: nn.Module, splits: Splits) -> torch.Tensor:
+    """The teacher's logits on the test split, remembered on the teacher object for this split.
+
+    A worker that trains a part of a split audit and then assembles the report calls run_audit
+    twice with the same teacher; a remote teacher would otherwise be billed the test split twice.
+    """
+    memo = getattr(teacher, "_kdaudit_test_logits", None)
+    if memo is not None and memo[0] == splits.split_sha256:
+        return memo[1]
+    logits = predict(teacher, splits.x_test)
+    teacher._kdaudit_test_logits = (splits.split_sha256, logits)  # plain attribute: not a parameter or buffer
+    return logits
 
 
 def _cancel_only(should_cancel: Callable[[], bool] | None) -> Callable[[EpochReport], None]:

