@@ -157,6 +157,8 @@ def test_sign_in_upload_audit_and_read_the_report(server, page, browser):
     pg.get_by_label("Epochs", exact=True).fill("2")
     pg.get_by_label("Data fraction", exact=True).fill("0.3")
     pg.get_by_label("Device", exact=True).select_option("cpu")
+    pg.get_by_label("What the thief sees", exact=True).select_option("label")
+    pg.get_by_label("Query budget per run", exact=True).fill("100000")
     pg.get_by_role("button", name="Start audit").click()
     flash = pg.locator("#flash")
     flash.wait_for(state="visible")
@@ -177,6 +179,7 @@ def test_sign_in_upload_audit_and_read_the_report(server, page, browser):
         time.sleep(0.25)
     assert status == "succeeded", (item.inner_text(), server["worker_log"].read_text()[-3000:])
     assert "3/3 runs" in item.inner_text() and len(progress) >= 2, progress  # it moved while we watched
+    assert "thief sees label" in item.inner_text() and "budget 100000 queries/run" in item.inner_text()
     pg.screenshot(path=_artifact("audits.png"), full_page=True)
 
     # the report, through the UI page (fetched with the key, shown in a sandboxed frame)
@@ -187,6 +190,7 @@ def test_sign_in_upload_audit_and_read_the_report(server, page, browser):
     verdict = frame.locator("#verdict")
     verdict.wait_for()
     doc = httpx.get(f"{server['url']}/v1/audits/{audit_id}/report", headers=h.auth(server["key"])).json()
+    assert doc["threat"]["output"] == "label" and doc["threat"]["query_budget"] == 100000
     word = doc["summary"]["verdict"]
     text = verdict.inner_text()
     assert word.upper() in text and STUDENT in text and verdict.get_attribute("data-verdict") == word
@@ -266,6 +270,12 @@ def test_wrong_key_and_a_bad_audit_request_show_messages(server, page):
 
     _sign_in(pg, server)
     pg.locator("#audit-teacher option").first.wait_for(state="attached")
+    pg.get_by_label("Query budget per run", exact=True).fill("0")
+    pg.get_by_role("button", name="Start audit").click()
+    err = pg.locator("#audit-error")
+    err.wait_for(state="visible")
+    assert "positive whole number" in err.inner_text()
+    pg.get_by_label("Query budget per run", exact=True).fill("")
     pg.get_by_label("Student architectures", exact=True).fill("not-an-arch")
     pg.get_by_label("Seeds", exact=True).fill("1")
     pg.get_by_role("button", name="Start audit").click()

@@ -188,6 +188,9 @@
       cfg.students ? `students ${cfg.students.join(", ")}` : null,
       cfg.seeds ? `${cfg.seeds} seed${cfg.seeds > 1 ? "s" : ""}` : null,
       cfg.schedule && cfg.schedule.epochs ? `${cfg.schedule.epochs} epochs` : null,
+      cfg.threat && cfg.threat.output && cfg.threat.output !== "logits" ? `thief sees ${cfg.threat.output}` : null,
+      cfg.threat && cfg.threat.query_budget ? `budget ${cfg.threat.query_budget} queries/run` : null,
+      cfg.panel ? `${cfg.panel} panel` : null,
     ].filter(Boolean).join(" · ");
     const frac = (a.progress && a.progress.fraction) || 0;
     const bar = el("progress", { max: "1", value: String(frac), "aria-label": `Progress of audit ${a.id}` });
@@ -313,6 +316,16 @@
         body[name] = v;
       }
       if ($("audit-device").value) body.device = $("audit-device").value;
+      const threat = {};
+      if ($("audit-output").value) threat.output = $("audit-output").value;
+      const budget = $("audit-budget").value.trim();
+      if (budget) {
+        const v = parseInt(budget, 10);
+        if (!Number.isFinite(v) || v < 1) return showError($("audit-error"), "The query budget must be a positive whole number.");
+        threat.query_budget = v;
+      }
+      if (Object.keys(threat).length) body.threat = threat;
+      if ($("audit-panel").checked) body.panel = "standard";
       const button = $("audit-button");
       button.disabled = true;
       try {
