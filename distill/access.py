@@ -29,6 +29,7 @@ import hashlib
 import re
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -145,6 +146,14 @@ def one_hot_log_view(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return view.scatter_(1, labels.long().view(-1, 1), 0.0)
 
 
+def check_against_response(policy: OutputPolicy, response: str) -> None:
+    """Refuse a policy that needs more than the teacher's endpoint returns (InputError)."""
+    if response == "labels" and policy.kind != "label":
+        raise InputError(f"the remote teacher returns labels only; output policy {policy.spec} needs scores (use label)")
+    if response == "probabilities" and policy.kind == "logits":
+        raise InputError("the remote teacher returns probabilities; use output policy probs (or coarser), not logits")
+
+
 def parse_policy(spec: str) -> str:
     """Validate a policy spec and return its canonical form (used by config validators)."""
     return OutputPolicy.parse(spec).spec
@@ -171,12 +180,13 @@ class TeacherOracle:
         self.billing = billing
         self.remote = bool(getattr(teacher, "is_remote", False))
         self.queries = 0
-        self._seen: dict[bytes, int] = {}  # fingerprint -> row in the answer cache (remote) or -1
+        self._seen: dict[int, int] = {}  # 64-bit fingerprint -> row in the answer cache (remote) or -1
         self._cache: list[torch.Tensor] = []
 
-    def _fingerprints(self, x: torch.Tensor) -> list[bytes]:
+    def _fingerprints(self, x: torch.Tensor) -> list[int]:
+        """blake2b-64 of each image's bytes: small ints, so a long CIFAR audit's millions stay cheap."""
         rows = x.detach().float().contiguous().cpu().numpy().reshape(len(x), -1)
-        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+        return [int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in rows]
 
     def _check(self, new: int) -> None:
         if self.budget is not None and self.queries + new > self.budget:
@@ -210,15 +220,17 @@ class TeacherOracle:
 
     def state_dict(self) -> dict:
         """Everything the billing depends on, for the cohort's crash-resume checkpoint."""
-        prints = list(self._seen)
+        prints = np.fromiter(self._seen.keys(), dtype=np.uint64, count=len(self._seen))
+        rows = np.fromiter(self._seen.values(), dtype=np.int64, count=len(self._seen))
         return {
             "queries": self.queries,
-            "prints": torch.tensor([list(p) for p in prints], dtype=torch.uint8) if prints else torch.zeros((0, 16), dtype=torch.uint8),
-            "rows": torch.tensor([self._seen[p] for p in prints], dtype=torch.long),
+            "prints": torch.from_numpy(prints.view(np.int64)),  # torch has no uint64 tensors to save
+            "rows": torch.from_numpy(rows),
             "cache": torch.stack(self._cache) if self._cache else torch.zeros((0,)),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.queries = int(state["queries"])
-        self._seen = {bytes(p.tolist()): int(r) for p, r in zip(state["prints"], state["rows"], strict=True)}
+        prints = state["prints"].numpy().view(np.uint64).tolist()
+        self._seen = dict(zip(prints, state["rows"].tolist(), strict=True))
         self._cache = list(state["cache"]) if state["cache"].ndim == 2 else []

@@ -17,11 +17,14 @@ from kdaudit.distill.report import Fidelity
 def fidelity_metrics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> Fidelity:
     """Agreement, agreement on the teacher's mistakes, per-class gap and KL(T||S) at tau 1.
 
-    Rows where the teacher's (or the student's) logits are not finite are left out of every
+    The teacher's scores may be a log-space view with -inf for classes it gives probability
+    0 (a remote teacher answering probabilities or labels, distill/access.py): those rows
+    count, with zero-probability classes contributing 0 to the KL. Rows with NaN or +inf,
+    with no finite teacher score at all, or with a non-finite student are left out of every
     metric, so one poisoned output cannot turn the whole record into NaN.
     """
     t, s, y = teacher_logits.detach().float().cpu(), student_logits.detach().float().cpu(), y.detach().cpu()
-    ok = torch.isfinite(t).all(1) & torch.isfinite(s).all(1)
+    ok = ~torch.isnan(t).any(1) & ~torch.isposinf(t).any(1) & torch.isfinite(t).any(1) & torch.isfinite(s).all(1)
     t, s, y = t[ok], s[ok], y[ok]
     n = len(y)
     if n == 0:
@@ -39,7 +42,8 @@ def fidelity_metrics(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
             gaps.append(0.0)
             continue
         gaps.append(round(100.0 * ((tp[in_c] == c).float().mean() - (sp[in_c] == c).float().mean()).item(), 3))
-    kl = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="batchmean", log_target=True).item()
+    p = F.softmax(t, 1)  # exact zeros where the teacher's view is -inf
+    kl = (torch.special.xlogy(p, p) - p * F.log_softmax(s, 1)).sum(1).mean().item()
     return Fidelity(
         agreement=round(agreement, 3),
         mistake_agreement=None if mistake_agreement is None else round(mistake_agreement, 3),

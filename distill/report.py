@@ -105,7 +105,8 @@ class AttackResult(BaseModel):
     student: str
     accuracy: AccuracyStats
     delta_base: float = Field(description="Student mean minus scratch mean, percentage points.")
-    teacher_queries: int = Field(description="Images sent to the teacher, summed over seeds.")
+    teacher_queries: int = Field(description="Billed teacher queries (images), summed over the seeds' runs that count "
+                                 "(diverged runs, excluded from the means, are left out here too; their queries are in `runs`).")
     seconds: float
     setting: Setting | None = Field(default=None, description="data_available (the thief has task images) or data_free.")
     access: Access | None = Field(default=None, description="What the attack needs from the teacher: output vectors (black_box), also activations (grey_box), or weights (white_box).")
@@ -151,6 +152,7 @@ class VariantResult(BaseModel):
 
     name: str = Field(description="e.g. output=top5, fraction=0.1, temperature=20, ac_stage=1 (comma-joined in a grid).")
     axis: str = Field(description="The sweep table it belongs to: output, fraction, temperature, ac_stage, grid or panel.")
+    axes: list[str] = Field(default_factory=list, description="Every table it appears in (a panel entry may also be a sweep point).")
     settings: dict[str, Any] = Field(description="The knobs changed from the base setting.")
     description: str = Field(description="The setting in words.")
     scratch: list[ScratchResult] = Field(description="The from-scratch baseline used (its own when the data fraction changes).")
@@ -178,7 +180,11 @@ class SweepTable(BaseModel):
 
 
 class WorstCase(BaseModel):
-    """The strongest student over every audited setting: the owner's worst case."""
+    """The strongest student over every audited setting: the owner's worst case.
+
+    Strongest = highest mean test accuracy (ties: larger Delta_base), across students and data
+    fractions: what the best-equipped thief in the audit walks away with. Each setting's gain
+    over its own scratch baseline is its `delta_base`."""
 
     variant: str
     description: str
@@ -198,7 +204,8 @@ class ThreatInfo(BaseModel):
     output_description: str
     query_budget: int | None = Field(description="Billed teacher queries allowed per run (None: no cap).")
     billing: str = Field(description="The billing rule, in words.")
-    evaluation_queries: int = Field(description="Test images the auditor sent to the teacher (accuracy, fidelity); no thief pays for these.")
+    evaluation_queries: int = Field(description="Test images the auditor sends the teacher per evaluation pass (accuracy, fidelity); "
+                                    "no thief pays for these. An audit split across workers makes one pass per part.")
     remote: dict[str, Any] | None = Field(default=None, description="The remote teacher endpoint (URL, response kind), when there is one; never its headers.")
     budget_stopped_runs: int = Field(default=0, description="Runs whose training ended early because the budget ran out (each says where in `runs`).")
     notes: list[str] = Field(default_factory=list)

@@ -23,7 +23,7 @@ from torch import nn
 
 import kdaudit
 from kdaudit.core.errors import CancelledError, InputError
-from kdaudit.distill.access import BILLING_RULES, OutputPolicy
+from kdaudit.distill.access import BILLING_RULES, OutputPolicy, check_against_response
 from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig, DataFreeSettings
 from kdaudit.distill.cost import FULL_TRAIN_IMAGES, TheftCost, theft_cost
 from kdaudit.distill.data import Splits, load_splits
@@ -62,7 +62,7 @@ from kdaudit.distill.report import (
     delta_acc,
 )
 from kdaudit.distill.train import Cohort, EpochReport, Member, MemberResult, accuracy, predict, resolve_device
-from kdaudit.distill.variants import BASE, DEFAULT_AC_STAGE, Variant, describe, expand_variants
+from kdaudit.distill.variants import BASE, DEFAULT_AC_STAGE, Variant, describe, expand_variants, variant_name
 from kdaudit.distill.variants import apply as apply_variant
 from kdaudit.models.multi_exit import MultiExitNet
 
@@ -95,15 +95,23 @@ class ProgressEvent:
 def plan_runs(config: AuditConfig) -> list[RunSpec]:
     """All runs of an audit: per seed and student, a scratch baseline and every attack, then
     each variant's attacks (and its own scratch baseline when it changes the data fraction)."""
-    runs = []
+    runs: dict[str, RunSpec] = {}
     variants = expand_variants(config)
     for seed in range(config.base_seed, config.base_seed + config.seeds):
         for student in config.students:
             for v in variants:
-                if v.is_base or "fraction" in v.overrides:
-                    runs.append(RunSpec("scratch", student, seed, v.name))
-                runs.extend(RunSpec(a, student, seed, v.name) for a in v.attacks)
-    return runs
+                if v.is_base or "fraction" in v.overrides:  # one baseline per data fraction, however many variants share it
+                    r = RunSpec("scratch", student, seed, scratch_variant(v))
+                    runs.setdefault(r.key, r)
+                for a in v.attacks:
+                    r = RunSpec(a, student, seed, v.name)
+                    runs.setdefault(r.key, r)
+    return list(runs.values())
+
+
+def scratch_variant(v: Variant) -> str:
+    """The variant whose scratch runs are `v`'s baseline: the one that changes only the data fraction."""
+    return variant_name({"fraction": v.overrides["fraction"]}) if "fraction" in v.overrides else BASE
 
 
 #: the divergence watchdog's retries, in order: (lr factor, seed offset, documented change)
@@ -176,24 +184,31 @@ def _retry_diverged(result: MemberResult, config: AuditConfig, splits: Splits, t
     """Retrain a diverged cohort member alone, per RETRY_PLAN, until it trains or the plan runs out.
 
     A member trains alone exactly as it would in its cohort (tested), so the only differences
-    from the original attempt are the documented changes. Retries' teacher queries are added
-    to the run's count: the thief paid for them.
+    from the original attempt are the documented changes. Retries' teacher queries and seconds
+    are added to the run's: the thief paid for them, and the query budget covers all attempts.
     """
     retries: list[Retry] = []
     m = result.member
-    spent = result.teacher_queries
+    spent, seconds = result.teacher_queries, result.seconds
+    budget = config.threat.query_budget
+    uses_teacher = m.kind != "scratch"
     for factor, offset, change in RETRY_PLAN:
         if result.diverged is None:
+            break
+        left = None if budget is None or not uses_teacher else budget - spent
+        if left is not None and left < config.schedule.batch_size:  # the run's budget is its budget, retries included
+            result.diverged += f"; not retried: {left:,} of the run's {budget:,} teacher queries left, less than one batch"
             break
         lr = config.schedule.lr * factor
         retries.append(Retry(reason=result.diverged, change=f"{change} (lr {lr:g}, seed offset {offset})"))
         result = Cohort(
             [dataclasses.replace(m, seed_offset=offset)], splits, config.schedule.model_copy(update={"lr": lr}),
             reference=teacher, kd=config.kd, skeptical=config.skeptical, device=device, stream_seed=seed + offset,
-            query_budget=config.threat.query_budget, billing=config.threat.billing,
+            query_budget=left if left is not None else budget, billing=config.threat.billing,
         ).train()[0]
         spent += result.teacher_queries
-    result.teacher_queries = spent
+        seconds += result.seconds
+    result.teacher_queries, result.seconds = spent, round(seconds, 3)
     return result, retries
 
 
@@ -238,9 +253,9 @@ def run_audit(
     remote = bool(getattr(teacher, "is_remote", False))
     teacher = teacher if remote else teacher.to(device)
     teacher.eval()
+    _check_threat(config, configs, variants, teacher, splits.spec.num_classes)  # before any query is sent
     teacher_logits = _test_logits(teacher, splits)  # once per audit: accuracy and every run's fidelity
     teacher_acc = teacher_accuracy(teacher, splits, teacher_logits)
-    _check_threat(config, configs, variants, teacher, splits.spec.num_classes)
 
     runs = plan_runs(config)
     index = {r.key: i for i, r in enumerate(runs)}
@@ -288,7 +303,7 @@ def run_audit(
         # data-free runs: no thief data; one at a time, each checkpoint is a progress "epoch"
         for r in (r for r in todo if r.kind in DATA_FREE_ATTACKS):
             vc = configs[r.variant]
-            settings = _datafree_settings(vc)
+            settings = datafree_settings(vc)
             checkpoints = plan_datafree(r.kind, settings, config.dataset).checkpoints
             emit(ProgressEvent("run_started", r.key, index[r.key], len(runs), 0, checkpoints, None))
             viewed = _viewed(teacher, vc.threat.output)
@@ -338,7 +353,7 @@ def _member(r: RunSpec, vc: AuditConfig) -> Member:
                   view=None if policy.kind == "logits" else policy, kd=vc.kd, skeptical=vc.skeptical)
 
 
-def _datafree_settings(vc: AuditConfig) -> DataFreeSettings:
+def datafree_settings(vc: AuditConfig) -> DataFreeSettings:
     """Data-free runs take the threat model's query budget unless their own is set."""
     if vc.datafree.budget is not None or vc.threat.query_budget is None:
         return vc.datafree
@@ -377,10 +392,7 @@ def _check_threat(config: AuditConfig, configs: dict[str, AuditConfig], variants
         vc = configs[name]
         policy = OutputPolicy.parse(vc.threat.output)
         policy.check_classes(num_classes)
-        if response == "labels" and policy.kind != "label":
-            raise InputError(f"the remote teacher returns labels only; output policy {policy.spec} needs scores (use label)")
-        if response == "probabilities" and policy.kind == "logits":
-            raise InputError("the remote teacher returns probabilities; use output policy probs (or coarser), not logits")
+        check_against_response(policy, response)
         for attack in v.attacks:
             if attack in DATA_FREE_ATTACKS:
                 if not policy.full_scores:
@@ -389,7 +401,7 @@ def _check_threat(config: AuditConfig, configs: dict[str, AuditConfig], variants
                 if policy.kind != "logits" and "zskt" in attack:
                     raise InputError(f"{attack} backpropagates through the teacher's logits; it runs with output policy logits only")
                 check_teacher(attack, teacher, vc.datafree)  # ZSKT on a feature-less teacher fails before any training
-                plan_datafree(attack, _datafree_settings(vc), config.dataset)  # and so does a budget too small to run
+                plan_datafree(attack, datafree_settings(vc), config.dataset)  # and so does a budget too small to run
     budget = config.threat.query_budget
     if budget is not None and any(a not in DATA_FREE_ATTACKS for v in variants.values() for a in v.attacks):
         if budget < config.schedule.batch_size:
@@ -463,7 +475,7 @@ def attack_cost(config: AuditConfig, attack: str, student: str, recs: list[RunRe
     queries = [r.teacher_queries for r in recs]
     try:
         if attack in DATA_FREE_ATTACKS:
-            plan = plan_datafree(attack, _datafree_settings(config), config.dataset)
+            plan = plan_datafree(attack, datafree_settings(config), config.dataset)
             return theft_cost(attack, student, device_type, seconds, queries, None, None, None, config.dataset, True,
                               datafree_iterations=plan.iterations, full_iterations=reference_iterations(attack, config.dataset),
                               fixed_queries=min(plan.checkpoints * plan.selection_samples, min(queries)))
@@ -513,10 +525,7 @@ def assemble_report(
     else:  # every attack run (or every scratch baseline) diverged: nothing to compare, say so
         verdict, best_attack, best_student = "inconclusive", "none", config.students[0]
 
-    variant_results = [
-        _variant_result(config, v, [r for r in runs if r.variant == v.name], ok, scratch, splits, device.type)
-        for v in variants[1:]
-    ]
+    variant_results = [_variant_result(config, v, runs, ok, (scratch, scratch_fid), splits, device.type) for v in variants[1:]]
     summary = Summary(
         delta_acc=delta_acc(attacks, best_student),
         best_attack=best_attack,
@@ -549,10 +558,12 @@ def assemble_report(
     )
 
 
-def _variant_result(config: AuditConfig, v: Variant, runs: list[RunSpec], ok: dict[str, RunRecord],
-                    base_scratch: dict[str, AccuracyStats], splits: Splits, device_type: str) -> VariantResult:
+def _variant_result(config: AuditConfig, v: Variant, all_runs: list[RunSpec], ok: dict[str, RunRecord],
+                    base: tuple[dict[str, AccuracyStats], dict[str, Fidelity | None]], splits: Splits,
+                    device_type: str) -> VariantResult:
+    runs = [r for r in all_runs if r.variant == v.name]
     own = "fraction" in v.overrides
-    scratch, fid = _scratch(config, runs, ok) if own else (base_scratch, {})
+    scratch, fid = _scratch(config, [r for r in all_runs if r.variant == scratch_variant(v)], ok) if own else base
     vc = apply_variant(config, v.overrides)
     train_images = round(len(splits.x_train) * vc.fraction / config.fraction)
     attacks = _attack_results(vc, v.attacks, runs, ok, scratch, train_images, device_type)
@@ -562,7 +573,7 @@ def _variant_result(config: AuditConfig, v: Variant, runs: list[RunSpec], ok: di
     else:
         verdict, best_attack, best_student = "inconclusive", "none", config.students[0]
     return VariantResult(
-        name=v.name, axis=v.axis, settings=v.overrides, description=describe(v.overrides, config),
+        name=v.name, axis=v.axis, axes=list(v.tables), settings=v.overrides, description=describe(v.overrides, config),
         scratch=[ScratchResult(student=s, accuracy=a, fidelity=fid.get(s)) for s, a in scratch.items()],
         attacks=attacks, verdict=verdict, best_attack=best_attack, best_student=best_student,
     )
@@ -580,7 +591,8 @@ def _summarise_variants(summary: Summary, config: AuditConfig, base_attacks: lis
                                    delta_base=a.delta_base, teacher_queries=a.teacher_queries, verdict=verdict,  # type: ignore[arg-type]
                                    cost=a.cost)
     settings = [(BASE, describe({}, config), base_verdict, max((x.delta_base for x in base_attacks), default=float("-inf")))]
-    settings += [(v.name, v.description, v.verdict, max((x.delta_base for x in v.attacks), default=float("-inf"))) for v in variants]
+    # a setting whose every run diverged has no result: it is listed (verdict inconclusive) but decides nothing
+    settings += [(v.name, v.description, v.verdict, max(x.delta_base for x in v.attacks)) for v in variants if v.attacks]
     weakest = max(settings, key=lambda t: (VERDICT_SEVERITY[t[2]], t[3]))
     summary.base_verdict = base_verdict  # type: ignore[assignment]
     summary.verdict = weakest[2]  # type: ignore[assignment]
@@ -596,9 +608,9 @@ def sweep_tables(config: AuditConfig, base_attacks: list[AttackResult], variants
     base = {"output": config.threat.output, "fraction": config.fraction, "temperature": config.kd.temperature,
             "ac_stage": config.skeptical.ac_stage or DEFAULT_AC_STAGE}
     tables: list[SweepTable] = []
-    axes = list(dict.fromkeys(v.axis for v in variants))
+    axes = list(dict.fromkeys(a for v in variants for a in (v.axes or [v.axis])))
     for axis in axes:
-        members = [v for v in variants if v.axis == axis]
+        members = [v for v in variants if axis in (v.axes or [v.axis])]
         changed = {a.attack for v in members for a in v.attacks}
         rows = [SweepRow(value="base" if axis in ("grid", "panel") else str(base[axis]), attack=a.attack, student=a.student,
                          accuracy=a.accuracy, delta_base=a.delta_base, teacher_queries=a.teacher_queries)

@@ -32,6 +32,12 @@ class Variant:
     attacks: tuple[str, ...] = ()
     #: the sweep table this variant belongs to ("output", ...; "grid" for combinations; "panel")
     axis: str = BASE
+    #: every table it appears in (a panel entry may also be a sweep point)
+    axes: tuple[str, ...] = ()
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return self.axes or (self.axis,)
 
     @property
     def is_base(self) -> bool:
@@ -43,8 +49,10 @@ def affected(axis: str, attack: str, overrides: dict[str, Any] | None = None) ->
     if axis == "output":
         policy = OutputPolicy.parse(str((overrides or {}).get("output", "logits")))
         return attack not in DATA_FREE_ATTACKS or (policy.full_scores and "dfad" in attack)
-    if axis in ("fraction", "temperature"):
+    if axis == "fraction":
         return attack not in DATA_FREE_ATTACKS
+    if axis == "temperature":  # data-free skeptical students use tau in their self-distillation term
+        return attack not in DATA_FREE_ATTACKS or attack.endswith("_skeptical")
     if axis == "ac_stage":
         return "skeptical" in attack
     raise ValueError(f"unknown axis {axis}")
@@ -123,13 +131,15 @@ def expand_variants(config: AuditConfig) -> list[Variant]:
             v = _variant(overrides, attacks, "grid") if overrides else None
             if v is not None:
                 variants.append(v)
-    seen: set[str] = set()
-    unique = []
+    merged: dict[str, Variant] = {}
     for v in [Variant(BASE, {}, tuple(dict.fromkeys(attacks))), *variants]:
-        if v.name not in seen:
-            seen.add(v.name)
-            unique.append(v)
-    return unique
+        if v.name in merged:  # e.g. the panel's output=label and a sweep's: one setting, the union of their attacks
+            old = merged[v.name]
+            merged[v.name] = Variant(v.name, old.overrides, tuple(dict.fromkeys(old.attacks + v.attacks)), old.axis,
+                                     tuple(dict.fromkeys(old.tables + v.tables)))
+        else:
+            merged[v.name] = v
+    return list(merged.values())
 
 
 def apply(config: AuditConfig, overrides: dict[str, Any]) -> AuditConfig:

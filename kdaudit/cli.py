@@ -112,7 +112,10 @@ def _audit_config(args: argparse.Namespace):
     skeptical = {"ac_stage": args.ac_stage} if args.ac_stage is not None else {}
     datafree = {k: v for k, v in {"budget": args.budget, "iterations": args.df_iterations,
                                   "dfad_teacher_gradient": args.dfad_teacher_gradient or None}.items() if v is not None}
-    threat = {k: v for k, v in {"output": args.output, "query_budget": args.query_budget, "billing": args.billing}.items() if v is not None}
+    output = args.output
+    if output is None and args.teacher_url:  # what the endpoint reveals, as the API does
+        output = {"probabilities": "probs", "labels": "label"}.get(args.teacher_response)
+    threat = {k: v for k, v in {"output": output, "query_budget": args.query_budget, "billing": args.billing}.items() if v is not None}
     sweep = {k: v for k, v in {"outputs": args.sweep_outputs, "fractions": args.sweep_fractions,
                                "ac_stages": args.sweep_ac_stages, "temperatures": args.sweep_temperatures}.items() if v}
     if args.sweep_grid:

@@ -52,25 +52,28 @@ def limit_problem(status: int, limit: str, value: int | float, detail: str, *, r
 
 
 def estimate_teacher_queries(config: dict[str, Any]) -> int:
-    """Upper estimate of billed teacher queries: per teacher-using run, epochs x its thief's train images.
+    """Upper estimate of billed teacher queries: per KD run, epochs x its thief's train images; per data-free run, its plan.
 
     Mirrors the engine (distill/train.py, distill/variants.py): every planned KD/skeptical run
     (the base setting's and every sweep/panel variant's, each at its own data fraction) is
     billed each training image once per epoch at most, and never more than the threat
     model's per-run query budget. The validation carve-out (`val_fraction`) is subtracted.
     """
-    from kdaudit.distill.config import AuditConfig
-    from kdaudit.distill.runner import plan_runs
+    from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig
+    from kdaudit.distill.datafree import plan_datafree
+    from kdaudit.distill.runner import datafree_settings, plan_runs
     from kdaudit.distill.variants import apply, expand_variants
 
     cfg = AuditConfig.model_validate(config)
     images = TRAIN_IMAGES.get(cfg.dataset, 60_000) * (1.0 - cfg.val_fraction)
-    fractions = {v.name: apply(cfg, v.overrides).fraction for v in expand_variants(cfg)}
+    variants = {v.name: apply(cfg, v.overrides) for v in expand_variants(cfg)}
     total = 0
     for run in plan_runs(cfg):
         if run.kind in TEACHER_ATTACKS:
-            per_run = int(math.ceil(images * fractions[run.variant])) * cfg.schedule.epochs
+            per_run = int(math.ceil(images * variants[run.variant].fraction)) * cfg.schedule.epochs
             total += min(per_run, cfg.threat.query_budget or per_run)
+        elif run.kind in DATA_FREE_ATTACKS:  # planned to fit its budget: generated batches + checkpoint selection
+            total += plan_datafree(run.kind, datafree_settings(variants[run.variant]), cfg.dataset).planned_queries
     return total
 
 

@@ -493,6 +493,13 @@ def _remote_threat(kwargs: dict[str, Any], teacher: Teacher, files: FileStore) -
                       slug="invalid-remote-teacher")  # fmt: skip
     response = str(doc.get("response", "logits"))
     kwargs.setdefault("threat", {}).setdefault("output", _REMOTE_OUTPUT.get(response, "logits"))
+    from kdaudit.distill.access import OutputPolicy, check_against_response
+
+    for spec in [kwargs["threat"]["output"], *((kwargs.get("sweep") or {}).get("outputs") or [])]:
+        try:  # refused now, before the worker sends the endpoint a single query
+            check_against_response(OutputPolicy.parse(str(spec)), response)
+        except KdauditError as e:
+            raise Problem(422, str(e), slug="validation-error") from None
     for attack in kwargs.get("attacks") or ():
         if "zskt" in attack:
             raise Problem(

@@ -71,3 +71,15 @@ def test_fidelity_in_a_real_tiny_audit_report_and_html():
     assert again.attacks[0].fidelity == report.attacks[0].fidelity
     html = render_report_html(report)
     assert "agreement on the teacher" in html.lower()
+
+
+def test_log_space_views_with_hidden_classes_still_count():
+    """A remote teacher answering labels or probabilities gives -inf scores; those rows count."""
+    from kdaudit.distill.access import OutputPolicy
+
+    torch.manual_seed(0)
+    t, s, y = torch.randn(40, 10) * 3, torch.randn(40, 10), torch.randint(0, 10, (40,))
+    full = fidelity_metrics(t, s, y, 10)
+    for spec in ("label", "top2", "probs"):
+        f = fidelity_metrics(OutputPolicy.parse(spec).apply(t), s, y, 10)
+        assert f.images == 40 and f.agreement == full.agreement and f.kl is not None

@@ -186,6 +186,12 @@ def test_sweeps_and_panel_expand_into_the_runs_they_change():
     assert not any(k.startswith("output=top5:scratch") for k in keys)  # an output policy does not change scratch
     grid = AuditConfig(teacher_arch="cnn-16-32-32-64", seeds=1, sweep={"outputs": ["label"], "fractions": [0.5], "mode": "grid"})
     assert [v.name for v in expand_variants(grid)] == ["base", "fraction=0.5", "output=label", "output=label,fraction=0.5"]
+    scratch = [r.key for r in plan_runs(grid) if r.kind == "scratch"]
+    assert scratch == ["scratch/cnn-4-8-8-16/seed0", "fraction=0.5:scratch/cnn-4-8-8-16/seed0"]  # one per fraction
+    # a panel entry that is also a sweep point runs the union of their attacks and shows in both tables
+    both = AuditConfig(teacher_arch="cnn-16-32-32-64", seeds=1, panel="standard", sweep={"outputs": ["label"]})
+    label = next(v for v in expand_variants(both) if v.name == "output=label")
+    assert label.attacks == ("normal_kd", "skeptical") and label.tables == ("panel", "output")
     panel = AuditConfig(teacher_arch="cnn-16-32-32-64", seeds=1, attacks=["normal_kd"], panel="standard")
     pv = {v.name: v.attacks for v in expand_variants(panel)}
     assert pv["base"] == ("normal_kd", "skeptical", "datafree_dfad")
@@ -332,11 +338,11 @@ def test_a_dead_endpoint_stops_the_audit_with_a_clear_message(served):
 def test_cli_audits_a_remote_teacher_with_a_label_only_sweep(served, tmp_path, capsys, one_thread):
     _, url = served(response="labels")
     out = tmp_path / "r.json"
-    code = cli_main(["audit", "--teacher-url", url, "--teacher-response", "labels", "--output", "label", "--seeds", "1",
+    code = cli_main(["audit", "--teacher-url", url, "--teacher-response", "labels", "--seeds", "1",  # output defaults to label
                      "--epochs", "2", "--attacks", "normal_kd", "--sweep-fractions", "0.5", "--out", str(out), "--quiet"])
     assert code == 0, capsys.readouterr().err
     body = json.loads(out.read_text())
     assert body["threat"]["output"] == "label" and body["sweeps"][0]["axis"] == "fraction"
-    code = cli_main(["audit", "--teacher-url", url, "--teacher-response", "labels", "--seeds", "1", "--epochs", "1",
-                     "--out", str(out), "--quiet"])
+    code = cli_main(["audit", "--teacher-url", url, "--teacher-response", "labels", "--output", "top2", "--seeds", "1",
+                     "--epochs", "1", "--out", str(out), "--quiet"])
     assert code == 2 and "returns labels only" in capsys.readouterr().err

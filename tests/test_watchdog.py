@@ -84,3 +84,18 @@ def test_a_diverged_seed_is_excluded_from_the_mean():
     kd = next(a for a in report.attacks if a.attack == "normal_kd")
     assert kd.accuracy == AccuracyStats.of([95.0]) and kd.excluded_runs == 1
     assert len(report.runs) == 4  # the diverged run is still listed
+
+
+def test_retries_share_the_runs_query_budget():
+    """Every attempt of a run is billed to the same budget: retries get what is left, then stop."""
+    splits = load_splits("digits")
+    teacher = nan_teacher(splits)
+    budget = 1500  # the first attempt's two epochs (2 x 1,024 images) already overspend it
+    cfg = AuditConfig(teacher_arch="cnn-8-8-8-16", attacks=["normal_kd"], seeds=1, schedule={"epochs": 2, "batch_size": 64},
+                      device="cpu", threat={"query_budget": budget, "billing": "every"})
+    report = run_audit(cfg, teacher, "x")
+    kd = next(r for r in report.runs if r.kind == "normal_kd")
+    # attempt 1: NaN in epoch 1, 1,024 images billed; retry 1 gets the 476 left and stops after 7 batches
+    # (448); 28 left is less than a batch, so the second retry is not run
+    assert kd.status == "diverged" and kd.teacher_queries == 1024 + 448 <= budget
+    assert len(kd.retries) == 1 and "not retried: 28 of the run's 1,500" in kd.diverged_reason
