@@ -80,6 +80,8 @@ class TeacherServer(ThreadingHTTPServer):
         self._model_lock = threading.Lock()  # one forward at a time: bounded memory, no races
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._open: set[socket.socket] = set()  # keep-alive connections whose handler threads still run
+        self._closed = threading.Condition(self._lock)
 
     @property
     def url(self) -> str:
@@ -88,12 +90,33 @@ class TeacherServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
     def stop(self) -> None:
-        """Stop serving (wakes sleeping slow requests) and close the listening socket."""
+        """Stop serving: wake sleeping slow requests, close the listening socket, and end every
+        keep-alive connection so no handler thread outlives the server.
+
+        A handler thread left blocked on an idle keep-alive socket (a client that never closed
+        its pool) is still running when the interpreter exits, and was seen to abort the process
+        ("terminate called without an active exception") during torch's shutdown.
+        """
         self._stopping.set()
         if self._thread is not None:
             self.shutdown()
             self._thread.join(timeout=5)
         self.server_close()
+        with self._lock:
+            for conn in list(self._open):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._closed.wait_for(lambda: not self._open, timeout=5)
+
+    def _track(self, conn: socket.socket, open_: bool) -> None:
+        with self._lock:
+            if open_:
+                self._open.add(conn)
+            else:
+                self._open.discard(conn)
+                self._closed.notify_all()
 
     def _next_request(self) -> int:
         with self._lock:
@@ -117,8 +140,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.server._track(self.connection, True)
         # without this, headers and body leave as two segments and Nagle + delayed ACK add ~40 ms
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server._track(self.connection, False)
 
     def log_message(self, format: str, *args: Any) -> None:
         if not self.server.quiet:
