@@ -241,9 +241,10 @@ def test_threat_model_sweep_and_panel_through_the_api(env):
     assert r.status_code == 202, r.text
     doc = r.json()
     assert doc["config"]["threat"] == {"output": "top3", "query_budget": 5000, "billing": "distinct"}
-    # base: scratch, normal_kd and the panel's skeptical (no DFAD: top-3 hides scores); the panel's tau 1, tau 20,
-    # AC stage 1 and label-only (the sweep's label point is the same); fraction 0.5: scratch, normal_kd, skeptical
-    assert doc["progress"]["runs_total"] == 3 + 4 + 3
+    # base: scratch, normal_kd and the panel's skeptical (no DFAD: top-3 hides scores); the panel's tau 1, tau 20 and
+    # AC stage 1; label-only, which is both a panel entry (normal_kd) and the sweep's point (normal_kd, skeptical):
+    # one setting with the union; fraction 0.5: scratch, normal_kd, skeptical
+    assert doc["progress"]["runs_total"] == 3 + 3 + 2 + 3
     doc = _problem(c.post("/v1/audits", json=h.tiny_audit(t["id"], attacks=["datafree_dfad"], threat={"output": "label"}),
                           headers=h.auth(alice)), 422)
     assert "needs a score for every class" in doc["detail"]
