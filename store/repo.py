@@ -548,14 +548,7 @@ def sweep_orphans(
             res = session.execute(
                 update(Audit)
                 .where(Audit.id == audit_id, Audit.status == "running", Audit.attempts == attempts)
-                .values(
-                    status="failed",
-                    error=_give_up_message(attempts, stale_after),
-                    finished_at=now,
-                    updated_at=now,
-                    current_run=None,
-                    claimed_by=None,
-                )
+                .values(**_gave_up(_give_up_message(attempts, stale_after), now))
             )
             session.commit()
             if res.rowcount == 1:
@@ -736,6 +729,11 @@ def claim_part(
     return Claim("skipped", "another worker took it over first")
 
 
+def _gave_up(error: str, now: datetime) -> dict[str, Any]:
+    """Column values of an audit or part failed because its worker vanished too often (claim released)."""
+    return {"status": "failed", "error": error, "finished_at": now, "updated_at": now, "current_run": None, "claimed_by": None}
+
+
 def _give_up_part(session: Session, audit_id: str, part: int, attempts: int, stale_after: float) -> bool:
     """Fail a part (and so its audit) whose worker vanished `attempts` times (compare-and-set)."""
     now = utcnow()
@@ -750,7 +748,7 @@ def _give_up_part(session: Session, audit_id: str, part: int, attempts: int, sta
             AuditPart.status == "running",
             AuditPart.attempts == attempts,
         )
-        .values(status="failed", error=message, finished_at=now, updated_at=now, current_run=None, claimed_by=None)
+        .values(**_gave_up(message, now))
     )
     if res.rowcount != 1:
         session.rollback()
@@ -972,14 +970,7 @@ def _sweep_parts(
             res = session.execute(
                 update(Audit)
                 .where(*cas, Audit.claimed_by == owner)
-                .values(
-                    status="failed",
-                    error=_give_up_message(attempts, stale_after),
-                    finished_at=now,
-                    updated_at=now,
-                    current_run=None,
-                    claimed_by=None,
-                )
+                .values(**_gave_up(_give_up_message(attempts, stale_after), now))
             )
             session.commit()
             if res.rowcount == 1:

@@ -165,30 +165,9 @@ def _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat)
             close = getattr(model, "close", None)  # a remote teacher's pooled connections
             if callable(close):
                 close()
-        body = json.loads(report.to_json())
-        if repo.store_report(session, audit_id, wid, body):
-            log.info("audit %s succeeded", audit_id)
-            return "succeeded"
-        log.warning("audit %s finished here but this worker no longer owns it; report dropped", audit_id)
-        return "skipped: lost claim"
-    except CancelledError:
-        session.rollback()
-        repo.finish_audit(session, audit_id, wid, "cancelled", "cancelled by its owner")
-        log.info("audit %s cancelled", audit_id)
-        return "cancelled"
-    except KdauditError as e:
-        session.rollback()
-        message = f"{e.context}: {e}"
-        repo.finish_audit(session, audit_id, wid, "failed", message)
-        log.warning("audit %s failed: %s", audit_id, message)
-        return "failed"
-    except Exception as e:  # a bug: keep the traceback in the worker log, not in the API
-        session.rollback()
-        log.exception("audit %s crashed", audit_id)
-        repo.finish_audit(
-            session, audit_id, wid, "failed", f"internal error ({type(e).__name__}); see the worker log"
-        )
-        return "failed"
+        return _store_report(session, audit_id, wid, report, "finished")
+    except Exception as e:  # a bug's traceback goes to the worker log, not to the API
+        return _end_audit(session, audit_id, wid, e, "")
 
 
 def _teacher_loader(settings: ServiceSettings, teacher) -> Callable[[], Any]:
@@ -222,6 +201,26 @@ def _close(model: Any) -> None:
     close = getattr(model, "close", None)  # a remote teacher's pooled connections
     if callable(close):
         close()
+
+
+def _store_report(session, audit_id: str, wid: str, report, verb: str) -> str:
+    """Store a finished audit's report unless another worker took the audit over meanwhile."""
+    if repo.store_report(session, audit_id, wid, json.loads(report.to_json())):
+        log.info("audit %s succeeded", audit_id)
+        return "succeeded"
+    log.warning("audit %s %s here but this worker no longer owns it; report dropped", audit_id, verb)
+    return "skipped: lost claim"
+
+
+def _end_audit(session, audit_id: str, wid: str, e: Exception, what: str) -> str:
+    """Finish the audit after an exception: cancelled by its owner, or failed with one line."""
+    session.rollback()
+    if isinstance(e, CancelledError):
+        repo.finish_audit(session, audit_id, wid, "cancelled", "cancelled by its owner")
+        log.info("audit %s cancelled", audit_id)
+        return "cancelled"
+    repo.finish_audit(session, audit_id, wid, "failed", _failure(audit_id, what, e))
+    return "failed"
 
 
 def _failure(audit_id: str, what: str, e: Exception) -> str:
@@ -372,21 +371,9 @@ def _assemble(session, settings, audit_id, wid, config, model, teacher_sha256) -
             data_root=settings.datasets_dir,
             checkpoint_dir=settings.data_dir / "checkpoints" / audit_id,
         )
-        body = json.loads(report.to_json())
-        if repo.store_report(session, audit_id, wid, body):
-            log.info("audit %s succeeded", audit_id)
-            return "succeeded"
-        log.warning("audit %s assembled here but this worker no longer owns it; report dropped", audit_id)
-        return "skipped: lost claim"
-    except CancelledError:
-        session.rollback()
-        repo.finish_audit(session, audit_id, wid, "cancelled", "cancelled by its owner")
-        log.info("audit %s cancelled", audit_id)
-        return "cancelled"
+        return _store_report(session, audit_id, wid, report, "assembled")
     except Exception as e:
-        session.rollback()
-        repo.finish_audit(session, audit_id, wid, "failed", _failure(audit_id, " (assembly)", e))
-        return "failed"
+        return _end_audit(session, audit_id, wid, e, " (assembly)")
     finally:
         beat.stop.set()
 
