@@ -179,3 +179,27 @@ def production_settings(root: Path, database_url: str, **overrides: Any):
     return embedded_settings(root, database_url=database_url, broker_url=REDIS_URL,
                              storage_dir=root / "teachers", auto_migrate=False, **overrides)
 
+
+def worker_world(root: Path, **settings_over: Any) -> dict[str, Any]:
+    """An embedded store, migrated, holding one tenant ("acme") and one digits teacher file:
+    what the worker-task tests run audits against."""
+    from kdaudit.store import migrate, repo
+    from kdaudit.store.db import session_factory
+    from kdaudit.store.files import FileStore, sha256_file
+
+    settings = embedded_settings(root, **settings_over)
+    migrate.upgrade(settings.resolved_database_url)
+    src = make_teacher_file(root / "t.safetensors")
+    sha = sha256_file(src)
+    store = FileStore(settings.resolved_storage_dir)
+    tmp = store.new_temp()
+    tmp.write_bytes(src.read_bytes())
+    store.adopt(tmp, sha)
+    sessions = session_factory(settings.resolved_database_url)
+    with sessions() as s:
+        tenant = repo.get_or_create_tenant(s, "acme")
+        teacher = repo.add_teacher(
+            s, tenant.id, sha256=sha, filename="t.safetensors", architecture=TEACHER_ARCH, dataset="digits",
+            num_classes=10, in_channels=1, format="safetensors", parameters=1, size_bytes=src.stat().st_size,
+        )  # fmt: skip
+    return {"settings": settings, "sessions": sessions, "tenant": tenant.id, "teacher": teacher, "root": root}

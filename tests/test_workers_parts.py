@@ -20,7 +20,6 @@ import service_helpers as h  # noqa: E402
 
 from kdaudit.store import migrate, repo  # noqa: E402
 from kdaudit.store.db import session_factory  # noqa: E402
-from kdaudit.store.files import FileStore, sha256_file  # noqa: E402
 from kdaudit.store.models import Audit, AuditPart, utcnow  # noqa: E402
 from kdaudit.workers.names import TASK_ASSEMBLE, TASK_RUN_AUDIT, TASK_RUN_PART  # noqa: E402
 from kdaudit.workers.sweep import sweep_once  # noqa: E402
@@ -43,22 +42,7 @@ class FakeCelery:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("parts")
-    settings = h.embedded_settings(root, heartbeat_seconds=0.5, stale_after_seconds=30, max_attempts=2)
-    migrate.upgrade(settings.resolved_database_url)
-    src = h.make_teacher_file(root / "t.safetensors")
-    sha = sha256_file(src)
-    store = FileStore(settings.resolved_storage_dir)
-    tmp = store.new_temp()
-    tmp.write_bytes(src.read_bytes())
-    store.adopt(tmp, sha)
-    sessions = session_factory(settings.resolved_database_url)
-    with sessions() as s:
-        tenant = repo.get_or_create_tenant(s, "acme")
-        teacher = repo.add_teacher(
-            s, tenant.id, sha256=sha, filename="t.safetensors", architecture=h.TEACHER_ARCH, dataset="digits",
-            num_classes=10, in_channels=1, format="safetensors", parameters=1, size_bytes=src.stat().st_size,
-        )  # fmt: skip
-    return {"settings": settings, "sessions": sessions, "tenant": tenant.id, "teacher": teacher, "root": root}
+    return h.worker_world(root, heartbeat_seconds=0.5, stale_after_seconds=30, max_attempts=2)
 
 
 def new_split_audit(world, seeds=2, parts=2, epochs=1, teacher_id=None) -> tuple[str, int]:

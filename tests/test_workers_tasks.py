@@ -16,9 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import service_helpers as h  # noqa: E402
 
-from kdaudit.store import migrate, repo  # noqa: E402
-from kdaudit.store.db import session_factory  # noqa: E402
-from kdaudit.store.files import FileStore, sha256_file  # noqa: E402
+from kdaudit.store import repo  # noqa: E402
+from kdaudit.store.files import FileStore  # noqa: E402
 from kdaudit.store.models import Audit, utcnow  # noqa: E402
 from kdaudit.workers.tasks import execute_audit  # noqa: E402
 
@@ -26,26 +25,7 @@ from kdaudit.workers.tasks import execute_audit  # noqa: E402
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("worker")
-    settings = h.embedded_settings(
-        root,
-        heartbeat_seconds=0.5,
-        stale_after_seconds=30,
-    )
-    migrate.upgrade(settings.resolved_database_url)
-    src = h.make_teacher_file(root / "t.safetensors")
-    sha = sha256_file(src)
-    store = FileStore(settings.resolved_storage_dir)
-    tmp = store.new_temp()
-    tmp.write_bytes(src.read_bytes())
-    store.adopt(tmp, sha)
-    sessions = session_factory(settings.resolved_database_url)
-    with sessions() as s:
-        tenant = repo.get_or_create_tenant(s, "acme")
-        teacher = repo.add_teacher(
-            s, tenant.id, sha256=sha, filename="t.safetensors", architecture=h.TEACHER_ARCH, dataset="digits",
-            num_classes=10, in_channels=1, format="safetensors", parameters=1, size_bytes=src.stat().st_size,
-        )  # fmt: skip
-    return {"settings": settings, "sessions": sessions, "tenant": tenant.id, "teacher": teacher, "root": root}
+    return h.worker_world(root, heartbeat_seconds=0.5, stale_after_seconds=30)
 
 
 def new_audit(world, epochs: int = 1, teacher_id: str | None = None, **over) -> tuple[str, int]:
