@@ -5,6 +5,7 @@ transport error counts as an error).
     python benchmarks/load_status.py                      # 200 clients, 10 s, PostgreSQL + Redis
     python benchmarks/load_status.py --clients 50 --seconds 5 --sqlite
     python benchmarks/load_status.py --json out.json      # machine-readable result
+    python benchmarks/load_status.py --compare HEAD       # before (git HEAD's code) and after, one run
 
 The stack is the production one: a fresh PostgreSQL database (KDAUDIT_TEST_POSTGRES_URL, default
 postgresql+psycopg://postgres@127.0.0.1:5432/test; dropped afterwards), Redis as broker and as
@@ -133,13 +134,120 @@ async def _run_load(base: str, path: str, key: str, clients: int, seconds: float
     }
 
 
+#: package-dir of pyproject.toml: import name -> folder in the repository
+_PACKAGES = {"core": "core", "models": "models", "distill": "distill", "store": "store", "service": "service",
+             "workers": "workers", "migrations": "migrations"}  # fmt: skip
+
+
+def _baseline_tree(ref: str, tmp: Path) -> Path:
+    """The code of git `ref` laid out as an importable `kdaudit` package; returns the folder to
+    put first on PYTHONPATH (it shadows the editable install, whose finder comes after it)."""
+    repo = Path(__file__).resolve().parent.parent
+    src = tmp / "baseline-src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", ref], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    pkg = tmp / "baseline-pkg" / "kdaudit"
+    pkg.mkdir(parents=True)
+    for f in (src / "kdaudit").iterdir():
+        (pkg / f.name).symlink_to(f)
+    for name, folder in _PACKAGES.items():
+        (pkg / name).symlink_to(src / folder)
+    return pkg.parent
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads), from /proc; -1 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+def _serve_and_load(env: dict, tmp: Path, label: str, path: str, key: str, clients: int, seconds: float) -> dict:
+    """Start one uvicorn with `env`, run the load against it, stop it."""
+    port = _free_port()
+    log = tmp / f"server-{label}.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "kdaudit.service.app:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "30"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),  # noqa: SIM115 (a file, never a pipe)
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"uvicorn ({label}) did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        cpu0 = _cpu_seconds(server.pid)
+        result = asyncio.run(_run_load(base, path, key, clients, seconds))
+        cpu = _cpu_seconds(server.pid) - cpu0
+        if result["requests_ok"] and cpu >= 0:  # contention-proof: what one request costs the server
+            result["server_cpu_ms_per_request"] = round(cpu / result["requests_ok"] * 1000, 2)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    if result["errors"]:
+        print(f"server log ({label}, tail):\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
+    return result
+
+
+def compare(args: argparse.Namespace) -> int:
+    """`--compare REF`: the same load against REF's code, then against this working tree, on one
+    seeded PostgreSQL + Redis stack, back to back in one run (before/after on one machine)."""
+    tmp = Path(tempfile.mkdtemp(prefix="kdaudit-load-"))
+    pg_name, url = _create_pg()
+    env = dict(os.environ)
+    env.update(
+        KDAUDIT_DATA_DIR=str(tmp / "data"), KDAUDIT_STORAGE_DIR=str(tmp / "teachers"), KDAUDIT_AUTO_MIGRATE="false",
+        KDAUDIT_RATE_LIMIT_PER_SECOND="1000000", KDAUDIT_RATE_LIMIT_BURST="1000000",
+        KDAUDIT_QUEUE=f"kdaudit-load-{uuid.uuid4().hex[:8]}", KDAUDIT_DATABASE_URL=url, KDAUDIT_BROKER_URL=REDIS_URL,
+    )  # fmt: skip
+    out: dict = {"stack": "PostgreSQL + Redis (broker and shared rate-limit buckets)", "server": "uvicorn, 1 process",
+                 "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()})",
+                 "load_average_at_start": os.getloadavg()}  # fmt: skip
+    try:
+        key, audit_id = _seed(url)
+        path = f"/v1/audits/{audit_id}"
+        baseline = _baseline_tree(args.compare, tmp)
+        before_env = {**env, "PYTHONPATH": os.pathsep.join([str(baseline), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        out["before"] = {"code": f"git {args.compare}", **_serve_and_load(before_env, tmp, "before", path, key,
+                                                                          args.clients, args.seconds)}  # fmt: skip
+        out["after"] = {"code": "working tree", **_serve_and_load(env, tmp, "after", path, key, args.clients, args.seconds)}
+    finally:
+        _drop_pg(pg_name)
+    out["load_average_at_end"] = os.getloadavg()
+    b, a = out["before"]["throughput_rps"], out["after"]["throughput_rps"]
+    out["speedup"] = round(a / b, 2) if b else None
+    cb, ca = out["before"].get("server_cpu_ms_per_request"), out["after"].get("server_cpu_ms_per_request")
+    out["server_cpu_ratio"] = round(cb / ca, 2) if cb and ca else None
+    print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 1 if out["before"]["errors"] or out["after"]["errors"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--sqlite", action="store_true", help="embedded SQLite + filesystem broker instead")
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--compare", metavar="REF", help="before/after in one run: REF's code (e.g. HEAD), then this tree")
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare(args)
 
     tmp = Path(tempfile.mkdtemp(prefix="kdaudit-load-"))
     pg_name = None
@@ -168,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         port = _free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "kdaudit.service.app:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "30"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"),  # noqa: SIM115 (a file, never a pipe: a full pipe blocks the server)
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"

@@ -11,19 +11,30 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kdaudit.core.errors import InputError
+from kdaudit.distill.preprocess import TeacherInput
 
 AttackName = Literal[
     "normal_kd", "skeptical",
     "datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical",
+    "datafree_dfme", "datafree_dfme_skeptical",
 ]
 #: attacks that train a student; `skeptical_e` is an evaluation of the skeptical student
 TRAINED_ATTACKS: tuple[str, ...] = (
     "normal_kd", "skeptical",
     "datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical",
+    "datafree_dfme", "datafree_dfme_skeptical",
 )
 #: attacks that never see the thief's data: a generator synthesises the queries (distill/datafree.py)
-DATA_FREE_ATTACKS: tuple[str, ...] = ("datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical")
-DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "npz"]
+DATA_FREE_ATTACKS: tuple[str, ...] = ("datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical",
+                                      "datafree_dfme", "datafree_dfme_skeptical")
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse", "npz", "folder"]
+#: why DFME refuses a label-only endpoint (config validation, the runner and distill/dfme.py say the same)
+DFME_LABEL_ONLY = (
+    "{attack} estimates the generator's gradient from differences between the teacher's scores at nearby "
+    "images; a label-only endpoint returns the same label for almost every such pair, so the estimate is zero "
+    "and the attack cannot run (use output policy logits or probs; for label-only use normal_kd / skeptical "
+    "with thief data)"
+)
 DeviceName = Literal["auto", "cpu", "cuda"]
 #: `teacher_arch` of a teacher reached over HTTP (distill/remote.py)
 REMOTE_ARCH = "remote"
@@ -69,7 +80,9 @@ class DataFreeSettings(BaseModel):
     Defaults are the papers' (ZSKT: Adam 1e-3 generator / 2e-3 student as in the official
     run names, 1 generator : 10 student steps on each pseudo batch, beta_AT 250, KL at tau 1,
     batch 128, latent 100; DFAD: SGD 0.1 student / Adam 1e-3 generator, 5 student : 1
-    generator steps, batch 256, latent 256). Fields left `None` take the attack's paper value
+    generator steps, batch 256, latent 256; DFME, Truong et al. 2021: DFAD's steps and losses
+    with the generator's gradient through the teacher estimated by forward differences,
+    `dfme_directions` random directions at step `dfme_epsilon`, distill/dfme.py). Fields left `None` take the attack's paper value
     or, for `iterations`, the dataset's default (distill/datafree.py). `budget` caps the images
     sent to the teacher per run (one attack x student x seed); every query is counted,
     including the held-out generated samples used to pick the checkpoint.
@@ -93,6 +106,12 @@ class DataFreeSettings(BaseModel):
         description="Let DFAD's generator backpropagate through the teacher, as the official DFAD code does "
         "(needs a differentiable PyTorch teacher; the run is then grey-box, not black-box).",
     )
+    dfme_directions: int = Field(
+        default=1, ge=1, le=100,
+        description="DFME: random directions per generated image for the forward-difference gradient estimate "
+        "(the paper's m = 1); each costs one teacher query per image.",
+    )
+    dfme_epsilon: float = Field(default=1e-3, gt=0, le=1, description="DFME: forward-difference step (paper: 1e-3).")
     beta_at: float = Field(default=250.0, ge=0, description="Weight of ZSKT's attention-transfer term (per matched stage).")
     kl_temperature: float = Field(default=1.0, gt=0, le=100, description="Temperature of ZSKT's KL(T||S).")
     checkpoints: int = Field(default=20, ge=1, le=1000, description="Evaluation points (progress 'epochs'); one checkpoint candidate each.")
@@ -177,14 +196,29 @@ class AuditConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    teacher_arch: str
+    teacher_arch: str | None = Field(
+        default=None, description="The teacher's architecture (a state_dict needs it); None for an ONNX or remote black box.",
+    )
+    teacher_input: TeacherInput = Field(
+        default_factory=TeacherInput,
+        description="What the teacher expects to be fed (distill/preprocess.py); default: the dataset's own statistics.",
+    )
+    expected_accuracy: float | None = Field(
+        default=None, ge=0, le=100,
+        description="The owner's test accuracy for the teacher, percent: the audit stops if it measures > 2 pts less.",
+    )
+    force: bool = Field(default=False, description="Run even if the teacher sanity check fails (the report says so).")
     dataset: DatasetName = "digits"
-    dataset_path: str | None = Field(default=None, description="Only for dataset='npz': path to a .npz with x, y.")
+    dataset_path: str | None = Field(default=None, description="For dataset='npz' (a .npz with x, y) or 'folder' (train/ and test/).")
+    image_size: int | None = Field(default=None, ge=4, le=512, description="dataset='folder': resize images to this square size (default: inferred).")
     students: list[str] = Field(default_factory=lambda: ["cnn-4-8-8-16"], min_length=1, max_length=8)
     attacks: list[AttackName] = Field(default_factory=lambda: ["normal_kd", "skeptical"], min_length=1)
-    seeds: int = Field(default=2, ge=1, le=20)
+    seeds: int = Field(default=3, ge=1, le=20, description="Seeds per student; verdicts need >= 2 (intervals), 3 by default.")
     base_seed: int = Field(default=0, ge=0)
     fraction: float = Field(default=1.0, gt=0, le=1, description="Share of the training set the thief has.")
+    label_smoothing: float | None = Field(
+        default=0.1, ge=0, lt=1, description="A label-smoothing student (this smoothing weight, no teacher) trained beside "
+        "scratch as the regularisation baseline; None leaves it out.")
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     device: DeviceName = "auto"
     schedule: TrainSchedule = Field(
@@ -211,8 +245,13 @@ class AuditConfig(BaseModel):
             given = data.get("schedule")
             if isinstance(given, TrainSchedule):
                 return data
-            base = default_schedule(str(data.get("dataset", "digits"))).model_dump()
-            return {**data, "schedule": {**base, **(given or {})}}
+            dataset = str(data.get("dataset", "digits"))
+            base = default_schedule(dataset).model_dump()
+            out = {**data, "schedule": {**base, **(given or {})}}
+            kd = data.get("kd")
+            if dataset.startswith("cifar100") and (kd is None or (isinstance(kd, dict) and "temperature" not in kd)):
+                out["kd"] = {**(kd or {}), "temperature": 20.0}  # the papers' tau on CIFAR-100
+            return out
         return data
 
     @field_validator("attacks")
@@ -227,11 +266,24 @@ class AuditConfig(BaseModel):
 
         policy = OutputPolicy.parse(self.threat.output)
         for attack in self.attacks:
+            if attack.startswith("datafree_dfme") and policy.hard:
+                raise ValueError(DFME_LABEL_ONLY.format(attack=attack))
             if attack in DATA_FREE_ATTACKS and not policy.full_scores:
                 raise ValueError(f"{attack} needs a score for every class (output policy logits or probs); "
                                  f"{policy.spec} hides them")
             if "zskt" in attack and policy.kind != "logits":
                 raise ValueError(f"{attack} backpropagates through the teacher's logits; it runs with output policy logits only")
+        return self
+
+    @model_validator(mode="after")
+    def _enough_images_per_class(self) -> AuditConfig:
+        """Refuse a data fraction that leaves the thief fewer than a few images per class
+        (distill/budget.py MIN_IMAGES_PER_CLASS): such students sit at chance."""
+        from kdaudit.distill.budget import fraction_problem
+
+        problem = fraction_problem(self.dataset, self.val_fraction, [self.fraction, *self.sweep.fractions])
+        if problem:
+            raise ValueError(problem)
         return self
 
     @field_validator("students")
@@ -244,11 +296,18 @@ class AuditConfig(BaseModel):
         except InputError as e:
             raise ValueError(str(e)) from None
 
+    @field_validator("teacher_input", mode="before")
+    @classmethod
+    def _contract(cls, v: object) -> object:
+        return TeacherInput.of(v) if v is None or isinstance(v, str) else v
+
     @field_validator("teacher_arch")
     @classmethod
-    def _known_teacher(cls, v: str) -> str:
+    def _known_teacher(cls, v: str | None) -> str | None:
         from kdaudit.models.registry import parse_arch
 
+        if v is None:
+            return None
         if v.strip().lower() == REMOTE_ARCH:
             return REMOTE_ARCH  # a teacher behind an HTTP endpoint: its architecture is unknown and not needed
         try:

@@ -29,11 +29,13 @@ from pydantic import BaseModel, Field
 #:   DESIGN.md section 2, and kdaudit's own default (distill/defaults.py).
 #: - digits 40, mnist 10, fashion-mnist 15, npz 40: no paper attacks these sets; these are
 #:   kdaudit's default schedules (distill/defaults.py), which reach their plateau there.
-REFERENCE_EPOCHS: dict[str, int] = {"digits": 40, "mnist": 10, "fashion-mnist": 15, "cifar10": 160, "npz": 40}
+REFERENCE_EPOCHS: dict[str, int] = {"digits": 40, "mnist": 10, "fashion-mnist": 15, "cifar10": 160, "cifar100": 200,
+                                    "cifar100-coarse": 200, "npz": 40, "folder": 40}
 #: The dataset's whole train split (before the audit's validation carve-out and thief
 #: fraction): what a real thief with the data would train on. digits: the fixed 1,200/597
 #: split of distill/data.py; the others their standard train splits. npz: pass it.
-FULL_TRAIN_IMAGES: dict[str, int] = {"digits": 1200, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000}
+FULL_TRAIN_IMAGES: dict[str, int] = {"digits": 1200, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000,
+                                     "cifar100": 50_000, "cifar100-coarse": 50_000}
 
 
 class TheftCost(BaseModel):

@@ -9,6 +9,7 @@ the reported accuracy, never to pick a checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -39,20 +40,30 @@ SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", 10, 1, 28, crop_pad=2, hflip=False),
     "fashion-mnist": DatasetSpec("fashion-mnist", 10, 1, 28, crop_pad=2, hflip=True),
     "cifar10": DatasetSpec("cifar10", 10, 3, 32, crop_pad=4, hflip=True),
+    "cifar100": DatasetSpec("cifar100", 100, 3, 32, crop_pad=4, hflip=True),
+    "cifar100-coarse": DatasetSpec("cifar100-coarse", 20, 3, 32, crop_pad=4, hflip=True),
 }
+#: datasets read from a path the user gives (`dataset_path`): a .npz, or a folder of images
+PATH_DATASETS: tuple[str, ...] = ("npz", "folder")
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def dataset_spec(name: str, dataset_path: str | Path | None = None) -> DatasetSpec:
-    """Shape facts for a dataset name (for `npz`, read from the file's arrays)."""
+def dataset_spec(name: str, dataset_path: str | Path | None = None, image_size: int | None = None) -> DatasetSpec:
+    """Shape facts for a dataset name (for `npz`, read from the file's arrays; for `folder`, from the tree)."""
+    if name == "folder":
+        from kdaudit.distill.folder_data import folder_spec
+
+        if dataset_path is None:
+            raise InputError("dataset 'folder' needs a dataset path (a folder with train/<class>/ and test/<class>/)")
+        return folder_spec(Path(dataset_path), image_size)
     if name == "npz":
         if dataset_path is None:
             raise InputError("dataset 'npz' needs a dataset path (a .npz with arrays x and y)")
         x, y, _, _ = _read_user_npz(Path(dataset_path))
         return _npz_spec(x, y)
     if name not in SPECS:
-        raise InputError(f"unknown dataset {name!r}; choose one of: {', '.join([*SPECS, 'npz'])}")
+        raise InputError(f"unknown dataset {name!r}; choose one of: {', '.join([*SPECS, *PATH_DATASETS])}")
     return SPECS[name]
 
 
@@ -68,10 +79,37 @@ class Splits:
     fraction: float
     #: sha256 over the split's index arrays: two audits with equal hashes trained on the same images
     split_sha256: str
+    #: per-channel train mean/std (of pixels in [0, 1]) every tensor here was standardised with
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    #: class names in label order, where the dataset has them (image folders, CIFAR)
+    class_names: tuple[str, ...] | None = None
+    #: image files that could not be read and were left out (image folders)
+    skipped_files: int = 0
 
     def to(self, device: torch.device | str) -> Splits:
         kw = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-        return Splits(spec=self.spec, fraction=self.fraction, split_sha256=self.split_sha256, **kw)
+        return dataclasses.replace(self, **kw)
+
+
+def channel_stats(x: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) std of an (N, C, H, W) array, accumulated in float64.
+
+    Why not `x.mean(axis=(0, 2, 3))`: on a float32 array numpy accumulates in float32, and
+    over CIFAR-10's 51.2 M values per channel the running sum saturates at 2^24 (every
+    channel's mean came out 0.32768). Two passes over chunks, each summed in float64.
+    """
+    n, c = x.shape[0], x.shape[1]
+    count = n * x.shape[2] * x.shape[3]
+    total = np.zeros(c, dtype=np.float64)
+    for i in range(0, n, chunk):
+        total += x[i : i + chunk].sum(axis=(0, 2, 3), dtype=np.float64)
+    mean = total / count
+    sq = np.zeros(c, dtype=np.float64)
+    for i in range(0, n, chunk):
+        d = x[i : i + chunk].astype(np.float64) - mean.reshape(1, c, 1, 1)
+        sq += np.einsum("nchw,nchw->c", d, d)
+    return mean, np.sqrt(sq / count)
 
 
 def default_data_roots() -> list[Path]:
@@ -138,10 +176,20 @@ def _load_fashion(data_root: Path | None) -> tuple[np.ndarray, ...]:
     )
 
 
-def _load_cifar10(data_root: Path | None) -> tuple[np.ndarray, ...]:
+#: dataset -> (file, label array suffix): the JPEG-in-npz layout of ../shared/datasets
+_JPEG_NPZ = {
+    "cifar10": ("cifar10_jpeg.npz", ""),
+    "cifar100": ("cifar100_jpeg_q75.npz", ""),
+    "cifar100-coarse": ("cifar100_jpeg_q75.npz", "_coarse"),
+}
+
+
+def _load_jpeg_npz(name: str, data_root: Path | None) -> tuple[np.ndarray, ...]:
+    """CIFAR-10 / CIFAR-100 (fine, or coarse labels): JPEG bodies behind one shared header."""
     from PIL import Image
 
-    path = _find_file("cifar10_jpeg.npz", data_root)
+    filename, labels = _JPEG_NPZ[name]
+    path = _find_file(filename, data_root)
     with np.load(path, allow_pickle=False) as d:
         header = d["jpeg_header"].tobytes()
 
@@ -153,7 +201,8 @@ def _load_cifar10(data_root: Path | None) -> tuple[np.ndarray, ...]:
             ]
             return np.stack(imgs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
-        return decode("train"), d["y_train"].astype(np.int64), decode("test"), d["y_test"].astype(np.int64)
+        return (decode("train"), d[f"y_train{labels}"].astype(np.int64), decode("test"),
+                d[f"y_test{labels}"].astype(np.int64))
 
 
 def _read_user_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -226,16 +275,27 @@ def load_splits(
     val_fraction: float = 0.1,
     fraction: float = 1.0,
     split_seed: int = 0,
+    image_size: int | None = None,
 ) -> Splits:
     """Load a dataset, standardise it with train statistics, carve val (and the thief's fraction)."""
+    class_names: tuple[str, ...] | None = None
+    skipped = 0
     if name == "digits":
         xtr, ytr, xte, yte = _load_digits()
     elif name == "mnist":
         xtr, ytr, xte, yte = _load_mnist(data_root)
     elif name == "fashion-mnist":
         xtr, ytr, xte, yte = _load_fashion(data_root)
-    elif name == "cifar10":
-        xtr, ytr, xte, yte = _load_cifar10(data_root)
+    elif name in _JPEG_NPZ:
+        xtr, ytr, xte, yte = _load_jpeg_npz(name, data_root)
+    elif name == "folder":
+        from kdaudit.distill.folder_data import load_folder
+
+        if dataset_path is None:
+            raise InputError("dataset 'folder' needs a dataset path")
+        folder = load_folder(Path(dataset_path), image_size)
+        xtr, ytr, xte, yte = folder.arrays
+        class_names, skipped = folder.class_names, folder.skipped
     elif name == "npz":
         if dataset_path is None:
             raise InputError("dataset 'npz' needs a dataset path")
@@ -244,6 +304,8 @@ def load_splits(
         dataset_spec(name)  # raises the helpful error
         raise AssertionError
     spec = SPECS.get(name) or _npz_spec(xtr, ytr)
+    if name == "folder":
+        spec = dataclasses.replace(spec, name="folder", num_classes=len(class_names or ()))
 
     val_idx, train_idx = _stratified_subset(ytr, val_fraction, seed=split_seed)
     if fraction < 1.0:
@@ -256,8 +318,11 @@ def load_splits(
     # The teacher's preprocessing contract: pixels in [0, 1], then per-channel standardisation
     # with the statistics of the dataset's *full* training split. It must not depend on the
     # thief's fraction or the validation split, or the teacher would see shifted inputs.
-    mean = xtr.mean(axis=(0, 2, 3), keepdims=True)
-    std = xtr.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    # Accumulated in float64 (channel_stats): float32 sums saturate on CIFAR-sized sets.
+    mean64, std64 = channel_stats(xtr)
+    std64 = std64 + 1e-6
+    mean = mean64.astype(np.float32).reshape(1, -1, 1, 1)
+    std = std64.astype(np.float32).reshape(1, -1, 1, 1)
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray((a - mean) / std, dtype=np.float32))
@@ -272,4 +337,8 @@ def load_splits(
         y_test=torch.from_numpy(yte),
         fraction=fraction,
         split_sha256=digest.hexdigest(),
+        mean=tuple(float(v) for v in mean64),
+        std=tuple(float(v) for v in std64),
+        class_names=class_names,
+        skipped_files=skipped,
     )

@@ -19,6 +19,11 @@ learns to agree with the teacher on them.
   runs against an ONNX or remote teacher. `dfad_teacher_gradient=True` is the official
   code's generator step (backpropagating through the teacher): much stronger on digits
   (see tests/test_datafree.py) but grey-box, and it needs a PyTorch teacher.
+- DFME (Truong et al. 2021, black-box): DFAD's game with the generator's gradient through
+  the teacher estimated by forward differences, every probe billed (distill/dfme.py).
+  Probabilities are turned back into logits; label-only teachers are refused.
+- Budget curve: each checkpoint also records the queries spent and the snapshot a thief
+  stopping there would select (distill/budget_curve.py), in `extra["budget_curve"]`.
 - Skeptical variants (Kundu et al. 2021, data-free section): the student is a
   `MultiExitNet`; the teacher's loss (KL + AT on the stages up to the AC for ZSKT, L1 for
   DFAD) goes to the auxiliary-classifier exit only, and the generator attacks that exit.
@@ -66,8 +71,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdaudit.core.errors import InputError
+from kdaudit.distill.budget_curve import prefix_choices
 from kdaudit.distill.config import DATA_FREE_ATTACKS, DataFreeSettings, KDSettings, SkepticalSettings
 from kdaudit.distill.data import Splits
+from kdaudit.distill.dfme import check_dfme_teacher, dfme_generator_step, dfme_teacher
 from kdaudit.distill.losses import self_distillation_loss, soft_kl
 from kdaudit.distill.train import (
     CHANCE_MARGIN_PTS,
@@ -92,15 +99,21 @@ SELECTION_RULE = (
 #: size and generator width. CIFAR-10 follows the papers (ZSKT ~80k pseudo batches of 128;
 #: DFAD 500 epochs x 50 iterations of 256); digits (8x8) is scaled down to run on a CPU.
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, int]]] = {
-    "digits": {"zskt": {"iterations": 150, "batch_size": 64}, "dfad": {"iterations": 400, "batch_size": 64}, "width": {"": 16}},
-    "mnist": {"zskt": {"iterations": 2000}, "dfad": {"iterations": 2000}, "width": {"": 32}},
-    "fashion-mnist": {"zskt": {"iterations": 3000}, "dfad": {"iterations": 3000}, "width": {"": 32}},
-    "cifar10": {"zskt": {"iterations": 80_000}, "dfad": {"iterations": 25_000}, "width": {"": 64}},
-    "npz": {"zskt": {"iterations": 2000}, "dfad": {"iterations": 2000}, "width": {"": 64}},
+    "digits": {"zskt": {"iterations": 150, "batch_size": 64}, "dfad": {"iterations": 400, "batch_size": 64},
+               # DFME: the skeptical gain needs this scale (README: 61.8 vs 71.4 here, 65.2 vs 59.3 at 500 x 128)
+               "dfme": {"iterations": 1000, "batch_size": 256}, "width": {"": 16}},
+    "mnist": {"zskt": {"iterations": 2000}, "dfad": {"iterations": 2000}, "dfme": {"iterations": 2000}, "width": {"": 32}},
+    "fashion-mnist": {"zskt": {"iterations": 3000}, "dfad": {"iterations": 3000}, "dfme": {"iterations": 3000}, "width": {"": 32}},
+    # DFME on CIFAR-10: the paper's 20M queries at batch 256, m = 1 (7 x 256 queries an iteration)
+    "cifar10": {"zskt": {"iterations": 80_000}, "dfad": {"iterations": 25_000}, "dfme": {"iterations": 11_000}, "width": {"": 64}},
+    "npz": {"zskt": {"iterations": 2000}, "dfad": {"iterations": 2000}, "dfme": {"iterations": 2000}, "width": {"": 64}},
 }
+# CIFAR-100 (fine or coarse labels): the same image size and generator as CIFAR-10, the papers' iteration counts
+DATASET_DEFAULTS["cifar100"] = DATASET_DEFAULTS["cifar100-coarse"] = DATASET_DEFAULTS["cifar10"]
 PAPER = {
     "zskt": {"batch_size": 128, "latent_dim": 100},
     "dfad": {"batch_size": 256, "latent_dim": 256},
+    "dfme": {"batch_size": 256, "latent_dim": 256},
 }
 
 
@@ -119,10 +132,10 @@ def reference_iterations(attack: str, dataset: str) -> int:
 GRAD_CLIP = 5.0  # ZSKT's official code clips both networks' gradients at norm 5
 
 
-def family(attack: str) -> Literal["zskt", "dfad"]:
+def family(attack: str) -> Literal["zskt", "dfad", "dfme"]:
     if attack not in DATA_FREE_ATTACKS:
         raise ValueError(f"{attack!r} is not a data-free attack")
-    return "zskt" if attack.startswith("datafree_zskt") else "dfad"
+    return "zskt" if attack.startswith("datafree_zskt") else "dfme" if attack.startswith("datafree_dfme") else "dfad"
 
 
 def is_skeptical(attack: str) -> bool:
@@ -130,7 +143,7 @@ def is_skeptical(attack: str) -> bool:
 
 
 def access_of(attack: str, settings: DataFreeSettings | None = None) -> Access:
-    if family(attack) == "zskt" or (settings is not None and settings.dfad_teacher_gradient):
+    if family(attack) == "zskt" or (family(attack) == "dfad" and settings is not None and settings.dfad_teacher_gradient):
         return "grey_box"
     return "black_box"
 
@@ -153,7 +166,9 @@ def teacher_has_features(teacher: nn.Module) -> bool:
 
 
 def check_teacher(attack: str, teacher: nn.Module, settings: DataFreeSettings | None = None) -> None:
-    """Raise `InputError` if `attack` cannot run against this teacher (ZSKT needs activations)."""
+    """Raise `InputError` if `attack` cannot run against this teacher (ZSKT needs activations, DFME scores)."""
+    if family(attack) == "dfme":
+        check_dfme_teacher(attack, teacher)
     if family(attack) == "dfad" and settings is not None and settings.dfad_teacher_gradient and not teacher_is_torch(teacher):
         raise InputError(
             f"{attack} with dfad_teacher_gradient backpropagates through the teacher, and this teacher "
@@ -164,7 +179,7 @@ def check_teacher(attack: str, teacher: nn.Module, settings: DataFreeSettings | 
         raise InputError(
             f"{attack} is a grey-box attack: it needs the teacher's intermediate activations for attention "
             f"transfer, and this teacher ({kind}, e.g. ONNX or a remote endpoint) only returns output vectors; "
-            "use datafree_dfad / datafree_dfad_skeptical (black-box) or give the teacher as weights with an architecture"
+            "use datafree_dfme / datafree_dfad (and their _skeptical forms; black-box) or give the teacher as weights with an architecture"
         )
 
 
@@ -183,11 +198,14 @@ class DataFreePlan:
     checkpoints: int
     selection_samples: int
     budget: int | None
+    directions: int = 1  # DFME: probes per image per generator step are directions + 1
 
     @property
     def queries_per_iteration(self) -> int:
         if family(self.attack) == "zskt":  # teacher runs on every generator step + once for the student steps
             return (self.generator_steps + 1) * self.batch_size
+        if family(self.attack) == "dfme":  # forward differences: every probe is a query
+            return (self.generator_steps * (self.directions + 1) + self.student_steps) * self.batch_size
         return (self.generator_steps + self.student_steps) * self.batch_size
 
     @property
@@ -204,7 +222,8 @@ def plan_datafree(attack: str, settings: DataFreeSettings, dataset: str) -> Data
     gsteps = settings.zskt_generator_steps if fam == "zskt" else settings.dfad_generator_steps
     ssteps = settings.zskt_student_steps if fam == "zskt" else settings.dfad_student_steps
     sel = settings.selection_samples
-    per_iter = DataFreePlan(attack, bs, latent, 1, width, gsteps, ssteps, 1, sel, None).queries_per_iteration
+    dirs = settings.dfme_directions if fam == "dfme" else 1
+    per_iter = DataFreePlan(attack, bs, latent, 1, width, gsteps, ssteps, 1, sel, None, dirs).queries_per_iteration
     iters = settings.iterations
     if iters is None and settings.budget is None:
         iters = _dataset_default(dataset, fam, "iterations")
@@ -223,7 +242,7 @@ def plan_datafree(attack: str, settings: DataFreeSettings, dataset: str) -> Data
             )
         iters = min(iters, fit) if iters is not None else fit
     assert iters is not None
-    return DataFreePlan(attack, bs, latent, iters, width, gsteps, ssteps, min(ck, iters), sel, settings.budget)
+    return DataFreePlan(attack, bs, latent, iters, width, gsteps, ssteps, min(ck, iters), sel, settings.budget, dirs)
 
 
 # ------------------------------------------------------------------------------------ teacher
@@ -439,6 +458,8 @@ def train_datafree(
     spec = splits.spec
     member = Member(key or f"{attack}/{arch}/seed{seed}", attack, arch, seed, seed_offset=seed_offset)  # type: ignore[arg-type]
     teacher.eval()
+    if fam == "dfme":  # probabilities back to logits (DFME's mean correction); label-only refused above
+        teacher = dfme_teacher(attack, teacher)
     access = TeacherAccess(teacher, plan.budget, grey_box=access_of(attack, settings) == "grey_box")
 
     base = member_seed(seed + seed_offset, attack, arch)
@@ -452,6 +473,7 @@ def train_datafree(
     low, high = input_range(splits)
     gen = Generator(plan.latent_dim, spec.image_size, spec.in_channels, low, high, width=plan.generator_width).to(dev)
     rng = torch.Generator(device="cpu").manual_seed(base + 2)
+    dfme_rng = torch.Generator(device="cpu").manual_seed(base + 4)  # DFME's random directions
     z_sel = torch.randn(plan.selection_samples, plan.latent_dim, generator=torch.Generator().manual_seed(base + 3)).to(dev)
 
     def latents() -> torch.Tensor:
@@ -468,7 +490,7 @@ def train_datafree(
 
     def teacher_term(exits: list[torch.Tensor], feats: list[torch.Tensor], t: torch.Tensor, t_feats: list[torch.Tensor]) -> torch.Tensor:
         """The loss the student's teacher-facing exit gets (also what the generator maximises, minus AT)."""
-        if fam == "dfad":
+        if fam != "zskt":  # DFAD and DFME: L1 between logits
             return F.l1_loss(exits[ac], t)
         loss = zskt_kl(t, exits[ac], settings.kl_temperature)
         if feats and settings.beta_at > 0:
@@ -505,6 +527,13 @@ def train_datafree(
             t, _ = access.logits_features(x, grad=True)
             exits = student_outputs(student, x, with_features=False)[0]
             loss = -zskt_kl(t, exits[ac], settings.kl_temperature)
+        elif fam == "dfme":  # black-box: the gradient through the teacher is estimated by forward differences
+            loss = dfme_generator_step(
+                gen, z, access.logits, student, lambda x: student_outputs(student, x, with_features=False)[0][ac],
+                opt_g, plan.directions, settings.dfme_epsilon, dfme_rng,
+            )
+            nonfinite.logical_or_(~torch.isfinite(loss))
+            return
         else:  # black-box: teacher outputs are constants, the gradient comes through the student
             t = access.logits_with_grad(x) if settings.dfad_teacher_gradient else access.logits(x)
             exits = student_outputs(student, x, with_features=False)[0]
@@ -517,6 +546,7 @@ def train_datafree(
     snapshots: list[dict[str, torch.Tensor]] = []
     curve: list[float] = []
     class_counts: list[list[int]] = []  # per checkpoint: teacher argmax histogram of the held-out images
+    checkpoint_queries: list[int] = []  # per checkpoint: queries spent so far (the budget curve's x axis)
     nonfinite_at: int | None = None
     started = time.perf_counter()
     student.train()
@@ -545,6 +575,7 @@ def train_datafree(
                 xs = gen(z_sel)
             pool_x.append(xs)
             pool_t.append(access.logits(xs).argmax(1))
+            checkpoint_queries.append(access.queries)
             class_counts.append(torch.bincount(pool_t[-1], minlength=spec.num_classes).tolist())
             snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()})
             score = balanced_agreement(student, torch.cat(pool_x), torch.cat(pool_t))
@@ -564,6 +595,7 @@ def train_datafree(
         probe.load_state_dict(snap)
         scores.append(balanced_agreement(probe, px, pt))
     best = max(range(len(scores)), key=lambda i: (scores[i], i))
+    choice = prefix_choices(probe, snapshots, pool_x, pool_t)  # the budget curve (distill/budget_curve.py)
     student.load_state_dict(snapshots[best])
     student.eval()
     reason = watchdog_reason(nonfinite_at, class_counts, best, scores, spec.num_classes)
@@ -580,6 +612,8 @@ def train_datafree(
             "generated_top2_share": [round(top2_share(c)[0], 4) for c in class_counts],
             "watchdog_rule": WATCHDOG_RULE,
             "generator": gen.eval(),
+            "budget_curve": {"queries": checkpoint_queries[: len(choice)], "choice": choice,
+                             "snapshots": {i: snapshots[i] for i in sorted(set(choice))}},
         },
         diverged=reason,
     )

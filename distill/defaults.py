@@ -13,6 +13,10 @@ _DEFAULTS = {
     "mnist": TrainSchedule(epochs=10, batch_size=128, lr=0.05),
     "fashion-mnist": TrainSchedule(epochs=15, batch_size=128, lr=0.05),
     "cifar10": TrainSchedule(epochs=160, batch_size=128, lr=0.1),
+    # CIFAR-100: the Nasty Teacher / Skeptical papers' 200 epochs (their CIFAR-10 figure is 160)
+    "cifar100": TrainSchedule(epochs=200, batch_size=128, lr=0.1),
+    "cifar100-coarse": TrainSchedule(epochs=200, batch_size=128, lr=0.1),
+    "folder": TrainSchedule(epochs=40, batch_size=64, lr=0.05),
     "npz": TrainSchedule(epochs=40, batch_size=64, lr=0.05),
 }
 

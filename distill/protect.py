@@ -89,6 +89,12 @@ PROTECT_DEFAULTS: dict[str, dict] = {
         "probe_schedule": {"epochs": 160, "batch_size": 128, "lr": 0.1},
     },
 }
+# CIFAR-100: the paper's omega 0.005 at tau_N 20, 200 epochs (DESIGN.md section 2)
+PROTECT_DEFAULTS["cifar100"] = {**PROTECT_DEFAULTS["cifar10"], "omega": 0.005, "tau": 20.0,
+                                **{k: {"epochs": 200, "batch_size": 128, "lr": 0.1}
+                                   for k in ("teacher_schedule", "nasty_schedule", "probe_schedule")}}
+PROTECT_DEFAULTS["cifar100-coarse"] = PROTECT_DEFAULTS["cifar100"]
+PROTECT_DEFAULTS["folder"] = PROTECT_DEFAULTS["mnist"]
 PROTECT_DEFAULTS["fashion-mnist"] = PROTECT_DEFAULTS["mnist"]
 PROTECT_DEFAULTS["npz"] = PROTECT_DEFAULTS["mnist"]
 

@@ -8,8 +8,9 @@ Wire protocol (version 1; `kdaudit serve-teacher` speaks it, see kdaudit/teacher
 
 * Request: ``POST <url>`` with ``Content-Type: application/json`` and the body
   ``{"inputs": [[[[x, ...]]]], "shape": [N, C, H, W]}``: a nested N x C x H x W list of the
-  teacher's *normalised* float32 inputs (the preprocessing contract of the README: pixels in
-  [0, 1], then standardised per channel), at most `max_batch` images per request.
+  teacher's float32 inputs under its declared preprocessing contract (distill/preprocess.py;
+  by default pixels in [0, 1] standardised with the dataset's statistics), at most `max_batch`
+  images per request.
 * Response (HTTP 200, JSON), by `response` kind:
 
   - ``logits``: ``{"outputs": N x num_classes numbers}``, returned as they are;

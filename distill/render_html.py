@@ -20,13 +20,17 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from kdaudit.distill.render_budget import budget_section
+from kdaudit.distill.render_verdict import CSS as VERDICT_CSS
+from kdaudit.distill.render_verdict import comparisons_section, protection_badge, rules_paragraphs
 from kdaudit.distill.report import MIN_EFFECT_PTS, AttackResult, Report
 
 #: display order of the result kinds; unknown kinds (future attacks) come after these
-KIND_ORDER = ("scratch", "normal_kd", "skeptical", "skeptical_e", "data_free")
+KIND_ORDER = ("scratch", "scratch_ls", "normal_kd", "skeptical", "skeptical_e", "data_free")
 #: Okabe-Ito colours (colour-blind safe); one per kind, in plots and tables alike
 KIND_COLOURS = {
     "scratch": "#7a7a7a",
+    "scratch_ls": "#b8b8b8",
     "normal_kd": "#0072b2",
     "skeptical": "#d55e00",
     "skeptical_e": "#cc79a7",
@@ -35,6 +39,7 @@ KIND_COLOURS = {
 _SPARE_COLOURS = ("#e69f00", "#56b4e9", "#8c564b", "#332288", "#999933")
 KIND_LABELS = {
     "scratch": "scratch (no teacher)",
+    "scratch_ls": "label smoothing (no teacher)",
     "normal_kd": "normal KD",
     "skeptical": "skeptical student",
     "skeptical_e": "skeptical-E (exit ensemble)",
@@ -42,6 +47,8 @@ KIND_LABELS = {
 }
 KIND_DESCRIPTIONS = {
     "scratch": "the same student trained on the thief's labelled images alone, without the teacher: the baseline",
+    "scratch_ls": "the same student trained on the same images with label smoothing, without the teacher: the baseline "
+    "that tells real knowledge transfer from regularisation",
     "normal_kd": "Hinton knowledge distillation from the teacher's output scores",
     "skeptical": "the skeptical student (Kundu et al. 2021): the teacher's loss enters at an intermediate exit, "
     "self-distillation trains the final head",
@@ -105,9 +112,10 @@ def noise_margin(report: Report, attack: AttackResult) -> float:
 
 
 def verdict_sentence(report: Report) -> str:
-    """The verdict in one plain-text sentence, with the numbers behind it."""
+    """The verdict in one plain-text sentence: `summary.headline` (the CLI and JSON say the same);
+    reports written before headlines existed get the older sentence built here."""
     s = report.summary
-    if report.variants and s.headline:  # several settings: the verdict is the weakest setting's
+    if s.headline:
         return s.headline
     best = next((a for a in report.attacks if a.attack == s.best_attack and a.student == s.best_student), None)
     word = VERDICT_WORDS.get(s.verdict, s.verdict.upper())
@@ -188,6 +196,8 @@ def accuracy_plot(report: Report, prefix: str = "acc") -> str:
     rows: dict[str, dict[str, Any]] = {s: {} for s in students}
     for sc in report.scratch:
         rows.setdefault(sc.student, {})["scratch"] = sc.accuracy
+    for sc in report.label_smoothing:
+        rows.setdefault(sc.student, {})["scratch_ls"] = sc.accuracy
     for a in report.attacks:
         rows.setdefault(a.student, {})[a.attack] = a.accuracy
     kinds = _order(k for r in rows.values() for k in r)
@@ -281,9 +291,10 @@ def _seed_labels(report: Report, student: str, kind: str, n: int) -> list[int]:
 def _student_table(report: Report, student: str, kinds_all: list[str]) -> str:
     s = report.summary
     scratch = next((x for x in report.scratch if x.student == student), None)
+    smooth = next((x for x in report.label_smoothing if x.student == student), None)
     attacks = [a for a in report.attacks if a.student == student]
     by_kind = {a.attack: a for a in attacks}
-    kinds = _order(([] if scratch is None else ["scratch"]) + [a.attack for a in attacks])
+    kinds = _order(([] if scratch is None else ["scratch"]) + ([] if smooth is None else ["scratch_ls"]) + [a.attack for a in attacks])
     n_seeds = max([len(scratch.accuracy.runs) if scratch else 0] + [len(a.accuracy.runs) for a in attacks])
     seeds = _seed_labels(report, student, "scratch" if scratch else kinds[0], n_seeds)
     dacc = next((x.delta_acc for x in s.students if x.student == student), None)
@@ -297,13 +308,16 @@ def _student_table(report: Report, student: str, kinds_all: list[str]) -> str:
         f"<caption>Test accuracy of the <code>{_e(student)}</code> student per attack, in percent; "
         f"Δbase is the difference to the same student trained from scratch.</caption>",
         '<thead><tr><th scope="col">attack</th><th scope="col" class="num">accuracy % (mean ± std)</th>'
+        '<th scope="col" class="num">95% CI of the mean</th>'
         f'{head}<th scope="col" class="num">Δbase</th><th scope="col" class="num">teacher queries</th>'
         '<th scope="col" class="num">train time</th></tr></thead><tbody>',
     ]
     for kind in kinds:
-        if kind == "scratch":
-            st, delta, queries, secs = scratch.accuracy, None, 0, None  # type: ignore[union-attr]
-            secs = sum(r.seconds for r in report.runs if r.student == student and r.kind == "scratch") or None
+        if kind in ("scratch", "scratch_ls"):
+            st = (scratch if kind == "scratch" else smooth).accuracy  # type: ignore[union-attr]
+            delta = None if kind == "scratch" or scratch is None else round(st.mean - scratch.accuracy.mean, 3)
+            queries = 0
+            secs = sum(r.seconds for r in report.runs if r.student == student and r.kind == kind) or None
         else:
             a = by_kind[kind]
             st, delta, queries, secs = a.accuracy, a.delta_base, a.teacher_queries, a.seconds
@@ -316,7 +330,8 @@ def _student_table(report: Report, student: str, kinds_all: list[str]) -> str:
         out.append(
             f'<tr{cls} data-kind="{_e(kind)}"><th scope="row"><span class="swatch" style="background:{colour}" '
             f'aria-hidden="true"></span>{_e(kind_label(kind))}{mark}</th>'
-            f'<td class="num">{st.mean:.2f} ± {st.std:.2f}</td>{values}'
+            f'<td class="num">{st.mean:.2f} ± {st.std:.2f}</td>'
+            f'<td class="num">{"—" if st.ci95 is None else f"{st.ci95.low:.2f} – {st.ci95.high:.2f}"}</td>{values}'
             f'<td class="num">{"—" if delta is None else _pts(delta)}</td>'
             f'<td class="num">{queries:,}</td>'
             f'<td class="num">{"—" if kind == "skeptical_e" or secs is None else f"{secs:.1f} s"}</td></tr>'
@@ -533,7 +548,7 @@ def render_report_html(report: Report | dict[str, Any], *, title: str | None = N
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="kdaudit {_e(env.kdaudit)}">
 <title>{_e(title)}</title>
-<style>{_CSS}</style>
+<style>{_CSS}{VERDICT_CSS}</style>
 </head>
 <body>
 <main>
@@ -543,11 +558,12 @@ def render_report_html(report: Report | dict[str, Any], *, title: str | None = N
 </header>
 <section aria-labelledby="h-verdict">
 <h2 id="h-verdict" class="visually-hidden">Verdict</h2>
-<p class="verdict {verdict_class}" id="verdict" data-verdict="{verdict_class}"><span class="badge {verdict_class}">{_e(VERDICT_WORDS.get(s.verdict, s.verdict))}</span>{_e(verdict_sentence(report))}</p>
+<p class="verdict {verdict_class}" id="verdict" data-verdict="{verdict_class}"><span class="badges"><span class="badge {verdict_class}">{"LEAKAGE " if s.verdict == "inconclusive" else ""}{_e(VERDICT_WORDS.get(s.verdict, s.verdict))}</span>{protection_badge(report)}</span>{_e(verdict_sentence(report))}</p>
 <p class="meta">Best attack: {_e(kind_label(s.best_attack))} on <code>{_e(s.best_student)}</code> ·
 Δacc (skeptical − normal KD): {_e(_pts(s.delta_acc))}</p>
 {_cost_paragraph(report)}
 </section>
+{comparisons_section(report)}
 {_threat_model(report, kinds)}
 <section aria-labelledby="h-plots">
 <h2 id="h-plots">Accuracy per attack</h2>
@@ -556,14 +572,15 @@ dots the single seeds; the dashed line is the teacher.</figcaption></figure>
 <h2 id="h-curves">Learning curves</h2>
 {curves}
 </section>
+{budget_section(report)}
 <section aria-labelledby="h-tables">
 <h2 id="h-tables">Results per student architecture</h2>
 {tables}
 </section>
 {_settings_section(report)}
 <section aria-labelledby="h-rule">
-<h2 id="h-rule">How the verdict is decided</h2>
-<p class="rule">{_e(s.rule)}</p>
+<h2 id="h-rule">How the verdicts are decided</h2>
+{rules_paragraphs(report)}
 </section>
 <section aria-labelledby="h-prov">
 <h2 id="h-prov">Provenance</h2>

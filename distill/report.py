@@ -13,18 +13,31 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
+from kdaudit.distill.budget_table import BudgetPoint, BudgetSummary
 from kdaudit.distill.cost import TheftCost
+from kdaudit.distill.intervals import INTERVAL_METHOD, Comparison, Interval, mean_interval
+from kdaudit.distill.intervals import MIN_EFFECT_PTS as EFFECT_PTS
 
 SCHEMA = "kdaudit.report/v1"
 Verdict = Literal["leaks", "resists", "inconclusive"]
 Setting = Literal["data_available", "data_free"]
 Access = Literal["white_box", "grey_box", "black_box"]
+#: compare.py's bar for "changed beyond seed noise" (the verdicts' own bar is intervals.MIN_EFFECT_PTS)
 MIN_EFFECT_PTS = 0.5
+Protection = Literal["none", "holds", "broken", "inconclusive"]
 VERDICT_RULE = (
-    "noise = 2 x max(std of the attack, std of scratch) over seeds; "
-    f"the teacher LEAKS if the best attack's student beats the scratch student by more than max(noise, {MIN_EFFECT_PTS}) pts; "
-    f"it RESISTS if every attack's student stays below scratch by more than max(noise, {MIN_EFFECT_PTS}) pts; "
-    "otherwise INCONCLUSIVE. Delta_acc = max(skeptical, skeptical_e) - normal_kd for the same student."
+    f"{INTERVAL_METHOD}. A comparison is settled when its interval excludes zero and |difference| >= {EFFECT_PTS:g} pts. "
+    "The teacher LEAKS if the best attack's student is settled above the scratch student and above the label-smoothing "
+    "student (real knowledge transfer, not regularisation); it RESISTS if every attack's student is settled below scratch; "
+    "otherwise INCONCLUSIVE, with the seeds that would likely settle it. One seed, a teacher at chance or a scratch student "
+    "at chance never gives a conclusive verdict. Delta_acc = max(skeptical, skeptical_e) - normal_kd for the same student."
+)
+PROTECTION_RULE = (
+    "Protection (does the teacher resist distillation, and does that survive a thief who knows the skeptical student?), "
+    "with the same intervals: NONE if normal KD is not settled below scratch and either its mean is not below scratch "
+    f"or its interval rules out a drop of more than {EFFECT_PTS:g} pt; HOLDS if normal KD is settled below scratch and so is every other attack; BROKEN if normal KD "
+    "is settled below scratch but some attack is not (it recovers to scratch level or beyond) and is settled above normal "
+    "KD; otherwise INCONCLUSIVE. Over several settings or students the weakest one counts (none > broken > inconclusive > holds)."
 )
 
 
@@ -32,18 +45,27 @@ class AccuracyStats(BaseModel):
     mean: float
     std: float
     runs: list[float]
+    ci95: Interval | None = Field(default=None, description="95% Student t-interval of the mean over seeds; None with one seed.")
 
     @classmethod
     def of(cls, values: list[float]) -> AccuracyStats:
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return cls(mean=round(statistics.fmean(values), 3), std=round(std, 3), runs=[round(v, 3) for v in values])
+        return cls(mean=round(statistics.fmean(values), 3), std=round(std, 3), runs=[round(v, 3) for v in values],
+                   ci95=mean_interval(values))
 
 
 class TeacherInfo(BaseModel):
-    architecture: str
+    architecture: str | None = Field(description="Our zoo's architecture; None for a black box (ONNX, remote).")
     sha256: str
-    accuracy: float = Field(description="Teacher test accuracy, percent.")
+    accuracy: float = Field(description="Teacher test accuracy, percent (under its declared preprocessing).")
     num_classes: int
+    format: str | None = Field(default=None, description="weights (safetensors / state_dict), onnx or remote.")
+    access: Access | None = Field(default=None, description="What kdaudit can see of the teacher: white_box weights or a black_box.")
+    preprocessing: dict[str, Any] | None = Field(default=None, description="The teacher's input contract as applied "
+                                                 "(distill/preprocess.py): preset, pixel_scale, mean, std.")
+    expected_accuracy: float | None = Field(default=None, description="The owner's declared test accuracy, percent.")
+    sanity: dict[str, Any] | None = Field(default=None, description="The teacher sanity gate (distill/gate.py): "
+                                          "passed, or forced past a failure, and why.")
 
 
 class DatasetInfo(BaseModel):
@@ -52,6 +74,8 @@ class DatasetInfo(BaseModel):
     val_size: int
     test_size: int
     fraction: float
+    class_names: list[str] | None = Field(default=None, description="Label order, where the dataset names its classes (image folders).")
+    skipped_files: int = Field(default=0, description="Image files that could not be read and were left out (image folders).")
 
 
 class Fidelity(BaseModel):
@@ -113,6 +137,8 @@ class AttackResult(BaseModel):
     fidelity: Fidelity | None = Field(default=None, description="Mean over the seeds' runs (ensemble exit for *_e variants).")
     excluded_runs: int = Field(default=0, description="Runs of this attack that diverged even after retries; left out of every number here.")
     cost: TheftCost | None = Field(default=None, description="Measured cost per run and its extrapolation to a full-scale attack (distill/cost.py).")
+    vs_scratch: Comparison | None = Field(default=None, description="This student minus the scratch student, with its Welch interval.")
+    vs_label_smoothing: Comparison | None = Field(default=None, description="This student minus the label-smoothing student.")
 
 
 class Retry(BaseModel):
@@ -145,6 +171,26 @@ class RunRecord(BaseModel):
     variant: str = Field(default="base", description="The audited setting this run belongs to (distill/variants.py).")
     output: str = Field(default="logits", description="Output policy the thief saw (distill/access.py).")
     stopped: str | None = Field(default=None, description="Why training ended before its schedule (the query budget ran out).")
+    budget_curve: list[BudgetPoint] = Field(default_factory=list, description="Data-free runs: test accuracy vs teacher "
+                                            "queries, from this run's checkpoints (distill/budget_curve.py).")
+
+
+class ProtectionDetail(BaseModel):
+    """The protection verdict for one setting (or overall) and the comparisons behind it (PROTECTION_RULE)."""
+
+    verdict: Protection
+    student: str | None = Field(default=None, description="The student the verdict is about (the weakest, with several).")
+    setting: str | None = Field(default=None, description="The setting in words (with variants: the weakest setting).")
+    variant: str | None = Field(default=None, description="The setting's name (base or a variant).")
+    scratch_accuracy: float | None = Field(default=None, description="That student's scratch mean, percent.")
+    normal_kd_accuracy: float | None = Field(default=None, description="Its normal-KD mean, percent.")
+    normal_kd_vs_scratch: Comparison | None = None
+    attack: str | None = Field(default=None, description="broken: the attack that breaks it; holds/inconclusive: the strongest attack.")
+    attack_accuracy: float | None = Field(default=None, description="That attack's mean test accuracy, percent.")
+    attack_vs_normal_kd: Comparison | None = None
+    attack_vs_scratch: Comparison | None = None
+    seeds_needed: int | None = Field(default=None, description="Inconclusive: seeds per student that would likely settle it.")
+    reason: str = Field(description="Why, in words.")
 
 
 class VariantResult(BaseModel):
@@ -160,6 +206,10 @@ class VariantResult(BaseModel):
     verdict: Verdict
     best_attack: str
     best_student: str
+    label_smoothing: list[ScratchResult] = Field(default_factory=list, description="The label-smoothing baseline used.")
+    protection: ProtectionDetail | None = None
+    verdict_reason: str | None = None
+    seeds_needed: int | None = None
 
 
 class SweepRow(BaseModel):
@@ -229,6 +279,12 @@ class Summary(BaseModel):
                                          "extrapolated to the full dataset and schedule; assumptions inside.")
     base_verdict: Verdict | None = Field(default=None, description="The base setting's own verdict, when variants were audited "
                                          "(`verdict` is then the worst over all settings).")
+    verdict_reason: str | None = Field(default=None, description="Why the leakage verdict is what it is, with the intervals.")
+    seeds_needed: int | None = Field(default=None, description="Leakage inconclusive: seeds per student that would likely settle it.")
+    protection: Protection | None = Field(default=None, description="none / holds / broken / inconclusive (PROTECTION_RULE); "
+                                          "overall = the weakest setting's. None without a normal_kd attack.")
+    protection_detail: ProtectionDetail | None = None
+    protection_rule: str = PROTECTION_RULE
 
 
 class Environment(BaseModel):
@@ -265,6 +321,8 @@ class Report(BaseModel):
     teacher: TeacherInfo
     dataset: DatasetInfo
     scratch: list[ScratchResult]
+    label_smoothing: list[ScratchResult] = Field(default_factory=list, description="The same student trained on the same data "
+                                                 "with label smoothing, no teacher: the regularisation baseline.")
     attacks: list[AttackResult]
     summary: Summary
     runs: list[RunRecord] = Field(default_factory=list)
@@ -274,6 +332,8 @@ class Report(BaseModel):
     config: dict[str, Any]
     environment: Environment
     manifest: Manifest | None = None
+    budget: list[BudgetSummary] = Field(default_factory=list, description="Leakage vs query budget: accuracy at 10k / "
+                                        "100k / 1M teacher queries per data-free attack x student (distill/budget_table.py).")
 
     model_config = {"populate_by_name": True}
 
@@ -281,23 +341,9 @@ class Report(BaseModel):
         return self.model_dump_json(by_alias=True, indent=2)
 
 
-def decide_verdict(scratch: dict[str, AccuracyStats], attacks: list[AttackResult]) -> tuple[AttackResult, Verdict]:
-    """Apply VERDICT_RULE. `scratch` maps student name -> its from-scratch accuracy."""
-    if not attacks:
-        raise ValueError("a report needs at least one attack")
-
-    def margin(a: AttackResult) -> float:
-        return max(2 * max(a.accuracy.std, scratch[a.student].std), MIN_EFFECT_PTS)
-
-    best = max(attacks, key=lambda a: (a.delta_base, a.accuracy.mean))
-    if best.delta_base > margin(best):
-        return best, "leaks"
-    if all(a.delta_base < -margin(a) for a in attacks):
-        return best, "resists"
-    return best, "inconclusive"
-
-
 VERDICT_SEVERITY: dict[str, int] = {"resists": 0, "inconclusive": 1, "leaks": 2}
+#: the owner's view: a setting where normal KD is not even poisoned is the weakest
+PROTECTION_SEVERITY: dict[str, int] = {"holds": 0, "inconclusive": 1, "broken": 2, "none": 3}
 
 
 def delta_acc(attacks: list[AttackResult], student: str) -> float | None:

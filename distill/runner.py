@@ -24,7 +24,9 @@ from torch import nn
 import kdaudit
 from kdaudit.core.errors import CancelledError, InputError
 from kdaudit.distill.access import BILLING_RULES, OutputPolicy, check_against_response
-from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig, DataFreeSettings
+from kdaudit.distill.budget_curve import evaluate_curve
+from kdaudit.distill.budget_table import budget_summary
+from kdaudit.distill.config import DATA_FREE_ATTACKS, DFME_LABEL_ONLY, AuditConfig, DataFreeSettings
 from kdaudit.distill.cost import FULL_TRAIN_IMAGES, TheftCost, theft_cost
 from kdaudit.distill.data import Splits, load_splits
 from kdaudit.distill.datafree import SELECTION_RULE as DATAFREE_SELECTION_RULE
@@ -38,6 +40,7 @@ from kdaudit.distill.datafree import (
     train_datafree,
 )
 from kdaudit.distill.fidelity import fidelity_metrics
+from kdaudit.distill.gate import check_teacher_sanity
 from kdaudit.distill.report import (
     VERDICT_SEVERITY,
     AccuracyStats,
@@ -58,18 +61,21 @@ from kdaudit.distill.report import (
     ThreatInfo,
     VariantResult,
     WorstCase,
-    decide_verdict,
     delta_acc,
 )
+from kdaudit.distill.teacher_facts import teacher_facts
+from kdaudit.distill.teacher_input import TeacherInputAdapter, apply_contract
 from kdaudit.distill.train import Cohort, EpochReport, Member, MemberResult, accuracy, predict, resolve_device
 from kdaudit.distill.variants import BASE, DEFAULT_AC_STAGE, Variant, describe, expand_variants, variant_name
 from kdaudit.distill.variants import apply as apply_variant
+from kdaudit.distill.verdicts import Baselines, Leakage, headline, judge, weakest
+from kdaudit.distill.verdicts import words as verdict_words
 from kdaudit.models.multi_exit import MultiExitNet
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    kind: str  # scratch | normal_kd | skeptical | datafree_* (distill/datafree.py)
+    kind: str  # scratch | scratch_ls (label smoothing) | normal_kd | skeptical | datafree_* (distill/datafree.py)
     student: str
     seed: int
     variant: str = BASE  # distill/variants.py; base-setting keys carry no prefix
@@ -93,16 +99,19 @@ class ProgressEvent:
 
 
 def plan_runs(config: AuditConfig) -> list[RunSpec]:
-    """All runs of an audit: per seed and student, a scratch baseline and every attack, then
-    each variant's attacks (and its own scratch baseline when it changes the data fraction)."""
+    """All runs of an audit: per seed and student, the baselines (scratch, and label smoothing unless
+    `label_smoothing` is None) and every attack, then each variant's attacks (and its own baselines
+    when it changes the data fraction)."""
+    baselines = ("scratch",) if config.label_smoothing is None else ("scratch", "scratch_ls")
     runs: dict[str, RunSpec] = {}
     variants = expand_variants(config)
     for seed in range(config.base_seed, config.base_seed + config.seeds):
         for student in config.students:
             for v in variants:
                 if v.is_base or "fraction" in v.overrides:  # one baseline per data fraction, however many variants share it
-                    r = RunSpec("scratch", student, seed, scratch_variant(v))
-                    runs.setdefault(r.key, r)
+                    for kind in baselines:
+                        r = RunSpec(kind, student, seed, scratch_variant(v))
+                        runs.setdefault(r.key, r)
                 for a in v.attacks:
                     r = RunSpec(a, student, seed, v.name)
                     runs.setdefault(r.key, r)
@@ -176,6 +185,7 @@ def _record(result: MemberResult, splits: Splits, teacher_logits: torch.Tensor |
         variant=spec.variant if spec is not None else BASE,
         output=output,
         stopped=result.stopped,
+        budget_curve=evaluate_curve(model, result.extra, splits.x_test, splits.y_test),
     )
 
 
@@ -191,7 +201,7 @@ def _retry_diverged(result: MemberResult, config: AuditConfig, splits: Splits, t
     m = result.member
     spent, seconds = result.teacher_queries, result.seconds
     budget = config.threat.query_budget
-    uses_teacher = m.kind != "scratch"
+    uses_teacher = m.kind not in ("scratch", "scratch_ls")
     for factor, offset, change in RETRY_PLAN:
         if result.diverged is None:
             break
@@ -253,9 +263,18 @@ def run_audit(
     remote = bool(getattr(teacher, "is_remote", False))
     teacher = teacher if remote else teacher.to(device)
     teacher.eval()
+    raw_teacher = teacher
+    # the owner's input contract: every image the teacher sees goes through it (students keep ours)
+    teacher = apply_contract(teacher, config.teacher_input, splits.spec.in_channels, splits.mean, splits.std)
     _check_threat(config, configs, variants, teacher, splits.spec.num_classes)  # before any query is sent
     teacher_logits = _test_logits(teacher, splits)  # once per audit: accuracy and every run's fidelity
     teacher_acc = teacher_accuracy(teacher, splits, teacher_logits)
+    gate = check_teacher_sanity(  # before any student trains: a crippled teacher stops the audit here
+        raw_teacher, config.teacher_input, teacher_acc, num_classes=splits.spec.num_classes,
+        channels=splits.spec.in_channels, dataset_mean=splits.mean, dataset_std=splits.std,
+        measure=lambda t: teacher_accuracy(t, splits, _test_logits(t, splits)), expected=config.expected_accuracy,
+        force=config.force,
+    )
 
     runs = plan_runs(config)
     index = {r.key: i for i, r in enumerate(runs)}
@@ -322,6 +341,10 @@ def run_audit(
         return None
     report = assemble_report(config, runs, records, splits, teacher_acc, teacher_sha256, device, time.perf_counter() - started)
     report.threat = threat_info(config, runs, records, len(splits.x_test), teacher)
+    report.budget = budget_summary(report.runs)
+    report.teacher = report.teacher.model_copy(update=teacher_facts(config, raw_teacher, splits, gate))
+    report.dataset = report.dataset.model_copy(update={"class_names": list(splits.class_names) if splits.class_names else None,
+                                                       "skipped_files": splits.skipped_files})
     return report
 
 
@@ -331,12 +354,14 @@ def _test_logits(teacher: nn.Module, splits: Splits) -> torch.Tensor:
     A worker that trains a part of a split audit and then assembles the report calls run_audit
     twice with the same teacher; a remote teacher would otherwise be billed the test split twice.
     """
-    memo = getattr(teacher, "_kdaudit_test_logits", None)
-    if memo is not None and memo[0] == splits.split_sha256:
-        return memo[1]
-    logits = predict(teacher, splits.x_test)
-    teacher._kdaudit_test_logits = (splits.split_sha256, logits)  # plain attribute: not a parameter or buffer
-    return logits
+    holder = teacher.teacher if isinstance(teacher, TeacherInputAdapter) else teacher  # adapters are made per call
+    key = (splits.split_sha256, teacher.contract.model_dump_json() if isinstance(teacher, TeacherInputAdapter) else None)
+    memo = getattr(holder, "_kdaudit_test_logits", None)
+    if not isinstance(memo, dict):
+        memo = holder._kdaudit_test_logits = {}  # plain attribute: not a parameter or buffer
+    if key not in memo:  # one entry per (split, input contract): the sanity gate measures several
+        memo[key] = predict(teacher, splits.x_test)
+    return memo[key]
 
 
 def _cancel_only(should_cancel: Callable[[], bool] | None) -> Callable[[EpochReport], None]:
@@ -350,7 +375,8 @@ def _cancel_only(should_cancel: Callable[[], bool] | None) -> Callable[[EpochRep
 def _member(r: RunSpec, vc: AuditConfig) -> Member:
     policy = OutputPolicy.parse(vc.threat.output)
     return Member(r.key, r.kind, r.student, r.seed,  # type: ignore[arg-type]
-                  view=None if policy.kind == "logits" else policy, kd=vc.kd, skeptical=vc.skeptical)
+                  view=None if policy.kind == "logits" else policy, kd=vc.kd, skeptical=vc.skeptical,
+                  label_smoothing=vc.label_smoothing or 0.0)
 
 
 def datafree_settings(vc: AuditConfig) -> DataFreeSettings:
@@ -395,6 +421,8 @@ def _check_threat(config: AuditConfig, configs: dict[str, AuditConfig], variants
         check_against_response(policy, response)
         for attack in v.attacks:
             if attack in DATA_FREE_ATTACKS:
+                if attack.startswith("datafree_dfme") and (policy.hard or response == "labels"):
+                    raise InputError(DFME_LABEL_ONLY.format(attack=attack))
                 if not policy.full_scores:
                     raise InputError(f"{attack} needs a score for every class (output policy logits or probs); "
                                      f"{policy.spec} hides them")
@@ -488,11 +516,12 @@ def attack_cost(config: AuditConfig, attack: str, student: str, recs: list[RunRe
         return None
 
 
-def _scratch(config: AuditConfig, runs: list[RunSpec], ok: dict[str, RunRecord]) -> tuple[dict[str, AccuracyStats], dict[str, Fidelity | None]]:
+def _scratch(config: AuditConfig, runs: list[RunSpec], ok: dict[str, RunRecord],
+             kind: str = "scratch") -> tuple[dict[str, AccuracyStats], dict[str, Fidelity | None]]:
     scratch: dict[str, AccuracyStats] = {}
     fid: dict[str, Fidelity | None] = {}
     for student in config.students:
-        recs = [ok[r.key] for r in runs if r.kind == "scratch" and r.student == student and r.key in ok]
+        recs = [ok[r.key] for r in runs if r.kind == kind and r.student == student and r.key in ok]
         if recs:
             scratch[student] = AccuracyStats.of([x.test_accuracy for x in recs])
             fid[student] = Fidelity.mean_of([x.fidelity for x in recs if x.fidelity is not None])
@@ -517,24 +546,30 @@ def assemble_report(
     variants = expand_variants(config)
     base_runs = [r for r in runs if r.variant == BASE]
     scratch, scratch_fid = _scratch(config, base_runs, ok)
+    ls, ls_fid = _scratch(config, base_runs, ok, "scratch_ls")
     attacks = _attack_results(config, variants[0].attacks, base_runs, ok, scratch, len(splits.x_train), device.type)
+    context = Baselines(scratch, ls, teacher_acc, splits.spec.num_classes, len(splits.x_test))
+    # every attack run (or every scratch baseline) may have diverged: judge() then says so (best_attack "none")
+    leak, protection = judge(attacks, context, setting=describe({}, config), variant=BASE)
+    best_attack, best_student = (leak.best.attack, leak.best.student) if leak.best else ("none", config.students[0])
+    verdict = leak.verdict
 
-    if attacks:
-        best, verdict = decide_verdict(scratch, attacks)
-        best_attack, best_student = best.attack, best.student
-    else:  # every attack run (or every scratch baseline) diverged: nothing to compare, say so
-        verdict, best_attack, best_student = "inconclusive", "none", config.students[0]
-
-    variant_results = [_variant_result(config, v, runs, ok, (scratch, scratch_fid), splits, device.type) for v in variants[1:]]
+    variant_results = [_variant_result(config, v, runs, ok, (scratch, scratch_fid, ls, ls_fid), splits, device.type, context)
+                       for v in variants[1:]]
     summary = Summary(
         delta_acc=delta_acc(attacks, best_student),
         best_attack=best_attack,
         best_student=best_student,
         verdict=verdict,
         students=[StudentSummary(student=s, delta_acc=delta_acc(attacks, s)) for s in config.students],
+        verdict_reason=leak.reason,
+        seeds_needed=leak.seeds_needed,
+        protection=protection.verdict if protection is not None else None,
+        protection_detail=protection,
     )
+    summary.headline = headline(protection, leak, config.seeds)
     if variant_results:
-        _summarise_variants(summary, config, attacks, verdict, variant_results)
+        _summarise_variants(summary, config, attacks, leak, variant_results)
     best_result = next((a for a in attacks if a.attack == best_attack and a.student == best_student), None)
     summary.theft_cost = summary.worst_case.cost if summary.worst_case is not None else (best_result.cost if best_result else None)
     return Report(
@@ -543,6 +578,7 @@ def assemble_report(
         dataset=DatasetInfo(name=config.dataset, train_size=len(splits.x_train), val_size=len(splits.x_val),
                             test_size=len(splits.x_test), fraction=config.fraction),
         scratch=[ScratchResult(student=s, accuracy=a, fidelity=scratch_fid.get(s)) for s, a in scratch.items()],
+        label_smoothing=[ScratchResult(student=s, accuracy=a, fidelity=ls_fid.get(s)) for s, a in ls.items()],
         attacks=attacks,
         summary=summary,
         runs=[records[r.key] for r in runs],
@@ -559,30 +595,36 @@ def assemble_report(
 
 
 def _variant_result(config: AuditConfig, v: Variant, all_runs: list[RunSpec], ok: dict[str, RunRecord],
-                    base: tuple[dict[str, AccuracyStats], dict[str, Fidelity | None]], splits: Splits,
-                    device_type: str) -> VariantResult:
+                    base: tuple[dict[str, AccuracyStats], dict[str, Fidelity | None], dict[str, AccuracyStats],
+                                dict[str, Fidelity | None]],
+                    splits: Splits, device_type: str, context: Baselines) -> VariantResult:
     runs = [r for r in all_runs if r.variant == v.name]
     own = "fraction" in v.overrides
-    scratch, fid = _scratch(config, [r for r in all_runs if r.variant == scratch_variant(v)], ok) if own else base
+    if own:
+        baseline_runs = [r for r in all_runs if r.variant == scratch_variant(v)]
+        base = (*_scratch(config, baseline_runs, ok), *_scratch(config, baseline_runs, ok, "scratch_ls"))
+    scratch, fid, ls, ls_fid = base
     vc = apply_variant(config, v.overrides)
     train_images = round(len(splits.x_train) * vc.fraction / config.fraction)
     attacks = _attack_results(vc, v.attacks, runs, ok, scratch, train_images, device_type)
-    if attacks:
-        best, verdict = decide_verdict(scratch, attacks)
-        best_attack, best_student = best.attack, best.student
-    else:
-        verdict, best_attack, best_student = "inconclusive", "none", config.students[0]
+    words = describe(v.overrides, config)
+    leak, protection = judge(attacks, dataclasses.replace(context, scratch=scratch, label_smoothing=ls),
+                             setting=words, variant=v.name)
+    best_attack, best_student = (leak.best.attack, leak.best.student) if leak.best else ("none", config.students[0])
     return VariantResult(
-        name=v.name, axis=v.axis, axes=list(v.tables), settings=v.overrides, description=describe(v.overrides, config),
+        name=v.name, axis=v.axis, axes=list(v.tables), settings=v.overrides, description=words,
         scratch=[ScratchResult(student=s, accuracy=a, fidelity=fid.get(s)) for s, a in scratch.items()],
-        attacks=attacks, verdict=verdict, best_attack=best_attack, best_student=best_student,
+        label_smoothing=[ScratchResult(student=s, accuracy=a, fidelity=ls_fid.get(s)) for s, a in ls.items()],
+        attacks=attacks, verdict=leak.verdict, best_attack=best_attack, best_student=best_student,
+        protection=protection, verdict_reason=leak.reason, seeds_needed=leak.seeds_needed,
     )
 
 
-def _summarise_variants(summary: Summary, config: AuditConfig, base_attacks: list[AttackResult], base_verdict: str,
+def _summarise_variants(summary: Summary, config: AuditConfig, base_attacks: list[AttackResult], base_leak: Leakage,
                         variants: list[VariantResult]) -> None:
-    """Worst case over every setting; the overall verdict is the most severe setting's."""
-    candidates = [(BASE, describe({}, config), base_verdict, a) for a in base_attacks]
+    """Worst case over every setting; the overall verdicts are the weakest setting's (distill/verdicts.py)."""
+    base_words = describe({}, config)
+    candidates = [(BASE, base_words, base_leak.verdict, a) for a in base_attacks]
     candidates += [(v.name, v.description, v.verdict, a) for v in variants for a in v.attacks]
     if not candidates:
         return
@@ -590,17 +632,28 @@ def _summarise_variants(summary: Summary, config: AuditConfig, base_attacks: lis
     summary.worst_case = WorstCase(variant=name, description=words, attack=a.attack, student=a.student, accuracy=a.accuracy,
                                    delta_base=a.delta_base, teacher_queries=a.teacher_queries, verdict=verdict,  # type: ignore[arg-type]
                                    cost=a.cost)
-    settings = [(BASE, describe({}, config), base_verdict, max((x.delta_base for x in base_attacks), default=float("-inf")))]
     # a setting whose every run diverged has no result: it is listed (verdict inconclusive) but decides nothing
-    settings += [(v.name, v.description, v.verdict, max(x.delta_base for x in v.attacks)) for v in variants if v.attacks]
-    weakest = max(settings, key=lambda t: (VERDICT_SEVERITY[t[2]], t[3]))
-    summary.base_verdict = base_verdict  # type: ignore[assignment]
-    summary.verdict = weakest[2]  # type: ignore[assignment]
-    summary.headline = (
-        f"{weakest[2].upper()} in the weakest setting audited ({weakest[1]}); the strongest thief overall is "
-        f"{a.attack} on {a.student} under {words}: {a.accuracy.mean:.2f}% ± {a.accuracy.std:.2f}, "
-        f"{a.delta_base:+.2f} pts vs scratch, {a.teacher_queries:,} teacher queries over {config.seeds} seed(s)."
-    )
+    settings = [(base_words, base_leak)]
+    settings += [(v.description, Leakage(v.verdict, _best_of(v), v.verdict_reason or "", v.seeds_needed)) for v in variants if v.attacks]
+    words_l, leak = max(settings, key=lambda t: (VERDICT_SEVERITY[t[1].verdict],
+                                                 t[1].best.delta_base if t[1].best is not None else float("-inf")))
+    summary.base_verdict = base_leak.verdict
+    summary.verdict = leak.verdict
+    summary.verdict_reason, summary.seeds_needed = leak.reason, leak.seeds_needed
+    protections = [p for p in [summary.protection_detail] + [v.protection for v in variants] if p is not None]
+    protection = weakest(protections) if protections else None
+    summary.protection_detail = protection
+    summary.protection = protection.verdict if protection is not None else None
+    strongest = (f"the strongest thief overall is the {verdict_words(a.attack)} on {a.student} under {words}: "
+                 f"{a.accuracy.mean:.2f}% ± {a.accuracy.std:.2f}, {a.delta_base:+.2f} pts vs scratch, "
+                 f"{a.teacher_queries:,} teacher queries")
+    summary.headline = headline(protection, leak, config.seeds,
+                                where=f" in the weakest setting ({protection.setting})" if protection is not None else "",
+                                leak_where=f" in {words_l}", worst_case=strongest)
+
+
+def _best_of(v: VariantResult) -> AttackResult | None:
+    return next((a for a in v.attacks if a.attack == v.best_attack and a.student == v.best_student), None)
 
 
 def sweep_tables(config: AuditConfig, base_attacks: list[AttackResult], variants: list[VariantResult]) -> list[SweepTable]:

@@ -37,7 +37,7 @@ from kdaudit.distill.losses import hinton_kd_loss, nasty_teacher_loss, skeptical
 from kdaudit.models import build_model
 from kdaudit.models.multi_exit import MultiExitNet
 
-Kind = Literal["scratch", "normal_kd", "skeptical", "nasty"]
+Kind = Literal["scratch", "scratch_ls", "normal_kd", "skeptical", "nasty"]
 #: kinds whose loss needs the shared reference network's logits (teacher or adversary)
 NEEDS_REFERENCE = {"normal_kd", "skeptical", "nasty"}
 EVAL_BATCH = 1024
@@ -70,6 +70,8 @@ class Member:
     #: per-member KD / skeptical settings (None: the cohort's), so variants share one cohort
     kd: KDSettings | None = None
     skeptical: SkepticalSettings | None = None
+    #: scratch_ls members: the label-smoothing weight of their cross-entropy (the regularisation baseline)
+    label_smoothing: float = 0.1
 
 
 @dataclass
@@ -190,6 +192,8 @@ class Cohort:
         tau = 1.0 if m.view is not None and m.view.hard else kd.temperature
         if m.kind == "scratch":
             return F.cross_entropy(model(x), y)
+        if m.kind == "scratch_ls":
+            return F.cross_entropy(model(x), y, label_smoothing=m.label_smoothing)
         if m.kind == "normal_kd":
             return hinton_kd_loss(model(x), ref, y, kd.alpha, tau)
         if m.kind == "skeptical":

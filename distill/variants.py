@@ -48,7 +48,7 @@ def affected(axis: str, attack: str, overrides: dict[str, Any] | None = None) ->
     """Whether changing `axis` changes `attack`'s numbers (otherwise the variant skips it)."""
     if axis == "output":
         policy = OutputPolicy.parse(str((overrides or {}).get("output", "logits")))
-        return attack not in DATA_FREE_ATTACKS or (policy.full_scores and "dfad" in attack)
+        return attack not in DATA_FREE_ATTACKS or (policy.full_scores and "zskt" not in attack)  # DFAD, DFME
     if axis == "fraction":
         return attack not in DATA_FREE_ATTACKS
     if axis == "temperature":  # data-free skeptical students use tau in their self-distillation term

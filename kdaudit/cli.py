@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from kdaudit import __version__
 from kdaudit.core.errors import InputError, KdauditError
+from kdaudit.preprocess_args import add_preprocess_args, contract_from_args
 
 
 def _csv(value: str) -> list[str]:
@@ -29,7 +30,8 @@ def _csv(value: str) -> list[str]:
 def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("audit", help="attack a teacher checkpoint with normal and skeptical KD and write a report")
     a.add_argument("teacher", type=Path, nargs="?", help="teacher file: .safetensors, .onnx or a PyTorch state_dict (or --teacher-url)")
-    a.add_argument("--arch", help="teacher architecture, e.g. cnn-32-64-64-128, resnet18 (default 'remote' with --teacher-url)")
+    a.add_argument("--arch", help="teacher architecture for a weights file, e.g. cnn-32-64-64-128, resnet18 "
+                   "(not needed for ONNX or --teacher-url; `kdaudit inspect FILE` finds it)")
     a.add_argument("--teacher-url", help="audit a teacher behind an HTTP prediction endpoint (protocol: docs/threat-models.md)")
     a.add_argument("--teacher-response", choices=["logits", "probabilities", "labels"], default="logits",
                    help="what the endpoint returns (default logits)")
@@ -47,13 +49,18 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--sweep-temperatures", type=_csv, help="also audit KD at these temperatures, e.g. 1,20")
     a.add_argument("--sweep-grid", action="store_true", help="sweep every combination of the listed values (default: one knob at a time)")
     a.add_argument("--panel", choices=["standard"], help="add the standard attack panel (KD at tau 1/4/20, two AC depths, DFAD, label-only)")
-    a.add_argument("--dataset", default="digits", help="digits | mnist | fashion-mnist | cifar10 | npz (default digits)")
-    a.add_argument("--dataset-path", help="for --dataset npz: a .npz with arrays x, y (optional x_test, y_test)")
+    a.add_argument("--dataset", default="digits",
+                   help="digits | mnist | fashion-mnist | cifar10 | cifar100 | cifar100-coarse | npz | folder (default digits)")
+    a.add_argument("--dataset-path", help="for --dataset npz: a .npz with arrays x, y (optional x_test, y_test); "
+                   "for --dataset folder: a folder with train/<class>/ and test/<class>/ images")
+    a.add_argument("--image-size", type=int, help="for --dataset folder: resize images to this square size (default: inferred)")
     a.add_argument("--data-root", type=Path, help="folder with mnist.npz / cifar10_jpeg.npz")
     a.add_argument("--format", choices=["safetensors", "onnx", "pytorch"], help="teacher format (default: detected)")
     a.add_argument("--students", type=_csv, default=["cnn-4-8-8-16"], help="student architectures, comma-separated")
-    a.add_argument("--attacks", type=_csv, default=["normal_kd", "skeptical"], help="comma-separated: normal_kd, skeptical, datafree_zskt, datafree_zskt_skeptical, datafree_dfad, datafree_dfad_skeptical")
-    a.add_argument("--seeds", type=int, default=2)
+    a.add_argument("--attacks", type=_csv, default=["normal_kd", "skeptical"], help="comma-separated: normal_kd, skeptical, datafree_zskt, datafree_zskt_skeptical, datafree_dfad, datafree_dfad_skeptical, datafree_dfme, datafree_dfme_skeptical (black-box, forward-difference gradients)")
+    a.add_argument("--seeds", type=int, default=3, help="seeds per student (default 3; verdicts need intervals, so >= 2)")
+    a.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="smoothing of the label-smoothing baseline student (default 0.1; 0 turns the baseline off)")
     a.add_argument("--fraction", type=float, default=1.0, help="share of the training set the thief has")
     a.add_argument("--epochs", type=int, help="student epochs (default 40)")
     a.add_argument("--batch-size", type=int)
@@ -63,11 +70,14 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--ac-stage", type=int, help="stage (1-3) whose exit takes the teacher loss in the skeptical student")
     a.add_argument("--budget", type=int, help="data-free attacks: cap on teacher queries (images) per run")
     a.add_argument("--df-iterations", type=int, help="data-free attacks: generator/student rounds (default: dataset's)")
+    a.add_argument("--df-batch-size", type=int, help="data-free attacks: generated images per step (default: dataset's)")
     a.add_argument("--dfad-teacher-gradient", action="store_true",
                    help="DFAD: let the generator backpropagate through the teacher (official DFAD; grey-box, not ONNX)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     a.add_argument("--out", type=Path, default=Path("report.json"))
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_preprocess_args(a)
+    a.add_argument("--force", action="store_true", help="audit even if the teacher sanity check fails (the report says so)")
     a.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("protect", help="train a nasty (undistillable) teacher and verify it is nasty")
@@ -101,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kdaudit.teacher_server import register as register_serve_teacher
 
     register_serve_teacher(sub)
+    from kdaudit.inspect_cli import register as register_inspect
+
+    register_inspect(sub)
     return parser
 
 
@@ -110,7 +123,7 @@ def _audit_config(args: argparse.Namespace):
     schedule = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
     kd = {k: v for k, v in {"temperature": args.temperature, "alpha": args.alpha}.items() if v is not None}
     skeptical = {"ac_stage": args.ac_stage} if args.ac_stage is not None else {}
-    datafree = {k: v for k, v in {"budget": args.budget, "iterations": args.df_iterations,
+    datafree = {k: v for k, v in {"budget": args.budget, "iterations": args.df_iterations, "batch_size": args.df_batch_size,
                                   "dfad_teacher_gradient": args.dfad_teacher_gradient or None}.items() if v is not None}
     output = args.output
     if output is None and args.teacher_url:  # what the endpoint reveals, as the API does
@@ -122,12 +135,17 @@ def _audit_config(args: argparse.Namespace):
         sweep["mode"] = "grid"
     return AuditConfig(
         teacher_arch=args.arch or ("remote" if args.teacher_url else None),
+        teacher_input=contract_from_args(args),
+        expected_accuracy=args.expected_accuracy,
+        force=args.force,
         dataset=args.dataset,
         dataset_path=args.dataset_path,
+        image_size=args.image_size,
         students=args.students,
         attacks=args.attacks,
         seeds=args.seeds,
         fraction=args.fraction,
+        label_smoothing=args.label_smoothing or None,
         device=args.device,
         schedule=schedule,
         kd=kd,
@@ -161,15 +179,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if (args.teacher is None) == (args.teacher_url is None):
         raise InputError("give a teacher file or --teacher-url (exactly one)")
-    if args.teacher is not None and not args.arch:
-        raise InputError("--arch is required with a teacher file")
     config = _audit_config(args)
-    spec = dataset_spec(config.dataset, config.dataset_path)
+    spec = dataset_spec(config.dataset, config.dataset_path, config.image_size)
+    _warn_size(config)
     if args.teacher_url:
         teacher = _remote_teacher(args, spec.num_classes)
         sha = hashlib.sha256(json.dumps(teacher.spec.public_dict(), sort_keys=True).encode()).hexdigest()
     else:
-        teacher = load_teacher(args.teacher, config.teacher_arch, spec.num_classes, spec.in_channels, fmt=args.format)
+        teacher = load_teacher(args.teacher, config.teacher_arch, spec.num_classes, spec.in_channels, fmt=args.format,
+                               image_size=spec.image_size)
         sha = sha256_file(args.teacher)
     with ProgressPrinter(len(plan_runs(config)), config.schedule.epochs, enabled=not args.quiet) as bar:
         report = run_audit(config, teacher, sha, progress=bar.on_event, data_root=args.data_root)
@@ -178,6 +196,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print_report(report)
     print(f"report written to {args.out}")
     return 0
+
+
+def _warn_size(config) -> None:
+    """The service's size limits (KDAUDIT_MAX_*), as warnings: the CLI still runs the audit."""
+    from kdaudit.core.settings import get_settings
+    from kdaudit.distill.budget import size_warnings
+
+    try:
+        found = size_warnings(config.model_dump(mode="json"), get_settings())
+    except Exception:  # an estimate must never stop a local audit
+        return
+    for w in found:
+        print(f"kdaudit: warning: {w}; the service would refuse this audit", file=sys.stderr)
 
 
 def cmd_protect(args: argparse.Namespace) -> int:

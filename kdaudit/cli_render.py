@@ -64,11 +64,16 @@ def fmt_stats(mean: float, std: float) -> str:
 
 
 def report_table(report: Report, title: str | None = None) -> Table:
-    t = Table(title=title or f"teacher {report.teacher.architecture} ({report.teacher.accuracy:.2f}%) on {report.dataset.name}")
+    t = Table(title=title or f"teacher {report.teacher.architecture or report.teacher.format} ({report.teacher.accuracy:.2f}%) on {report.dataset.name}")
     for col in ("student", "attack", "accuracy % (mean ± std)", "runs", "Δbase"):
         t.add_column(col)
+    smooth = {x.student: x for x in report.label_smoothing}
     for s in report.scratch:
         t.add_row(s.student, "scratch", fmt_stats(s.accuracy.mean, s.accuracy.std), " ".join(f"{v:.1f}" for v in s.accuracy.runs), "—")
+        if s.student in smooth:
+            ls = smooth[s.student].accuracy
+            t.add_row("", "label smoothing", fmt_stats(ls.mean, ls.std), " ".join(f"{v:.1f}" for v in ls.runs),
+                      f"{ls.mean - s.accuracy.mean:+.2f}")
         for a in (a for a in report.attacks if a.student == s.student):
             t.add_row("", a.attack, fmt_stats(a.accuracy.mean, a.accuracy.std), " ".join(f"{v:.1f}" for v in a.accuracy.runs), f"{a.delta_base:+.2f}")
     return t
@@ -89,9 +94,10 @@ def print_report(report: Report) -> None:
         console.print(sweep_table(table))
     s = report.summary
     dacc = f"{s.delta_acc:+.2f}" if s.delta_acc is not None else "n/a"
+    protection = f", protection [bold]{s.protection.upper()}[/bold]" if s.protection else ""
     console.print(f"Δacc (skeptical − normal KD) = {dacc} pts; best attack: {s.best_attack} → {s.best_student}; "
-                  f"verdict: [bold]{s.verdict.upper()}[/bold]")
-    if s.headline:
+                  f"verdict: leakage [bold]{s.verdict.upper()}[/bold]{protection}")
+    if s.headline:  # the owner's sentence: the same string as the JSON's summary.headline and the HTML page
         console.print(s.headline, markup=False)
     if s.theft_cost is not None:
         console.print(f"cost of theft: {s.theft_cost.summary()}", markup=False)

@@ -83,6 +83,8 @@ def start_worker_process(settings: Any, *, loglevel: str = "INFO", log_file: Pat
             env.pop(var, None)
         elif isinstance(value, list | tuple):  # list settings read comma-separated (remote_teacher_hosts)
             env[var] = ",".join(str(v) for v in value)
+        elif hasattr(value, "get_secret_value"):  # SecretStr (storage_keys): str() would give '**********'
+            env[var] = value.get_secret_value()
         else:
             env[var] = str(value).lower() if isinstance(value, bool) else str(value)
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child
@@ -182,38 +184,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    from kdaudit.store import migrate, repo
-    from kdaudit.store.db import session_factory
-    from kdaudit.store.settings import get_service_settings
-
-    _apply_data_dir(args)
-    settings = get_service_settings()
-    if settings.should_auto_migrate:
-        migrate.upgrade(settings.resolved_database_url)
-    name = args.tenant.strip()
-    if not name or len(name) > 128:
-        return _fail("--tenant must be 1 to 128 characters")
-    with session_factory(settings.resolved_database_url)() as session:
-        key, _ = repo.create_api_key(session, name)
-    print(key)
-    print(f"kdaudit: API key for tenant {name!r} (shown once; only its hash is stored)", file=sys.stderr)
-    return 0
-
-
-@_guard
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from kdaudit.store import repo
-    from kdaudit.store.db import session_factory
-    from kdaudit.store.settings import get_service_settings
-
-    _apply_data_dir(args)
-    with session_factory(get_service_settings().resolved_database_url)() as session:
-        if not repo.revoke_key(session, args.key):
-            return _fail("no such active key")
-    print("kdaudit: key revoked", file=sys.stderr)
-    return 0
+# keys create|list|revoke: kdaudit/lifecycle_cli.py
 
 
 # ---------------------------------------------------------------- client side
@@ -249,13 +220,14 @@ def _print(doc: Any) -> None:
 @_client_guard
 def cmd_upload(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        doc = c.upload_teacher(args.file, args.arch, args.dataset, fmt=args.format, num_classes=args.num_classes)
+        doc = c.upload_teacher(args.file, args.arch, args.dataset, fmt=args.format, num_classes=args.num_classes,
+                               preprocess=_contract(args), expected_accuracy=args.expected_accuracy)
     if args.json:
         _print(doc)
     else:
         print(doc["id"])
         print(
-            f"kdaudit: teacher {doc['id']} uploaded: {doc['architecture']} ({doc['format']}, "
+            f"kdaudit: teacher {doc['id']} uploaded: {doc['architecture'] or 'black box'} ({doc['format']}, "
             f"{doc['parameters']:,} parameters) sha256 {doc['sha256'][:16]}...",
             file=sys.stderr,
         )
@@ -282,6 +254,18 @@ def _remote_headers(args: argparse.Namespace) -> dict[str, str]:
     return headers
 
 
+def _contract(args: argparse.Namespace) -> dict | None:
+    """The --preprocess / --mean / --std / --pixel-scale flags, checked here (a usage error) and sent as fields."""
+    from kdaudit.core.errors import InputError
+    from kdaudit.preprocess_args import contract_from_args
+
+    try:
+        contract = contract_from_args(args)
+    except InputError as e:
+        raise _Usage(str(e)) from None
+    return None if contract.is_default else contract.model_dump(mode="json", exclude_none=True)
+
+
 @_client_guard
 def cmd_register_remote(args: argparse.Namespace) -> int:
     headers = _remote_headers(args)
@@ -292,6 +276,8 @@ def cmd_register_remote(args: argparse.Namespace) -> int:
             args.dataset,
             architecture=args.arch,
             headers=headers or None,
+            preprocess=_contract(args),
+            expected_accuracy=args.expected_accuracy,
             timeout_s=args.timeout,
             max_retries=args.max_retries,
             backoff_s=args.backoff,
@@ -409,6 +395,7 @@ def _data_parent() -> argparse.ArgumentParser:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from kdaudit.distill.config import AttackName
+    from kdaudit.preprocess_args import add_preprocess_args
 
     """Add serve, worker, migrate, keys, upload, register-remote, submit, status, report and cancel."""
     data = _data_parent()
@@ -440,19 +427,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     keys = subparsers.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    p = keys_sub.add_parser("create", parents=[data], help="create a key for a tenant; prints it once")
-    p.add_argument("--tenant", required=True)
-    p.set_defaults(func=cmd_keys_create)
-    p = keys_sub.add_parser("revoke", parents=[data], help="revoke a key")
-    p.add_argument("key")
-    p.set_defaults(func=cmd_keys_revoke)
+    from kdaudit import lifecycle_cli  # keys create|list|revoke, delete, events, storage
+
+    lifecycle_cli.register(subparsers, keys_sub, data, client)
 
     p = subparsers.add_parser("upload", parents=[client], help="upload a teacher checkpoint to the server")
     p.add_argument("file", type=Path)
-    p.add_argument("--arch", required=True, help="architecture, e.g. resnet18 or cnn-32-64-64-128")
-    p.add_argument("--dataset", required=True, help="dataset/preprocessing: digits, mnist, fashion-mnist, cifar10")
+    p.add_argument("--arch", help="architecture of a weights file, e.g. resnet18 or cnn-32-64-64-128 (not for ONNX)")
+    p.add_argument("--dataset", required=True, help="dataset: digits, mnist, fashion-mnist, cifar10, cifar100, cifar100-coarse")
     p.add_argument("--format", help="checkpoint format (detected if omitted)")
     p.add_argument("--num-classes", type=int)
+    add_preprocess_args(p)
     p.set_defaults(func=cmd_upload)
 
     p = subparsers.add_parser(
@@ -475,6 +460,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backoff", type=float, help="first retry delay in seconds, doubled each retry (default 0.5)")
     p.add_argument("--concurrency", type=int, help="requests in flight at once (default 4)")
     p.add_argument("--max-batch", type=int, help="images per request (default 256)")
+    add_preprocess_args(p)
     p.set_defaults(func=cmd_register_remote)
 
     p = subparsers.add_parser("submit", parents=[client], help="queue an audit of an uploaded teacher")

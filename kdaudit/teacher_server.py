@@ -257,25 +257,50 @@ def start_teacher_server(
     return server, server.url
 
 
+def pixel_endpoint(model: Any, contract: Any, channels: int, dataset: str, dataset_path: str | Path | None = None) -> Any:
+    """The model behind an endpoint that takes pixels in [0, 1] (a product API) and applies the
+    model's own preprocessing `contract` itself; clients then declare `--preprocess none`."""
+    from kdaudit.distill.teacher_input import apply_contract
+
+    mean, std = (0.0,) * channels, (1.0,) * channels
+    if contract.is_default:  # the dataset's statistics: the server needs them to standardise
+        from kdaudit.distill.data import load_splits
+
+        splits = load_splits(dataset, dataset_path=dataset_path)
+        return apply_contract(model, contract.model_copy(update={"preset": "custom", "pixel_scale": 1.0,
+                                                                 "mean": list(splits.mean), "std": list(splits.std)}),
+                              channels, mean, std)
+    return apply_contract(model, contract, channels, mean, std)
+
+
 def serve_teacher_main(
     teacher_path: str | Path,
-    arch: str,
+    arch: str | None,
     dataset: str = "digits",
     response: str = "logits",
     host: str = "127.0.0.1",
     port: int = 8700,
     dataset_path: str | Path | None = None,
+    preprocess: Any = None,
 ) -> int:
-    """Load a teacher file (untrusted-input rules of `load_teacher`) and serve it until Ctrl-C."""
+    """Load a teacher file (untrusted-input rules of `load_teacher`) and serve it until Ctrl-C.
+
+    With `preprocess` (a TeacherInput), the endpoint takes pixels in [0, 1] and applies that
+    contract itself; without it, it takes the inputs the model expects as they are.
+    """
     from kdaudit.distill.data import dataset_spec
     from kdaudit.models.checkpoints import load_teacher
 
     spec = dataset_spec(dataset, dataset_path)
-    model = load_teacher(teacher_path, arch, spec.num_classes, spec.in_channels)
+    model = load_teacher(teacher_path, arch, spec.num_classes, spec.in_channels, image_size=spec.image_size)
+    wire = "the model's own inputs (clients declare its preprocessing)"
+    if preprocess is not None:
+        model = pixel_endpoint(model, preprocess, spec.in_channels, dataset, dataset_path)
+        wire = f"pixels in [0, 1], preprocessed here as {preprocess.preset} (clients declare --preprocess none)"
     server = TeacherServer((host, port), model, response, quiet=False)
     print(
-        f"serving {teacher_path} ({arch}, {dataset}: {spec.num_classes} classes, "
-        f"{spec.in_channels}x{spec.image_size}x{spec.image_size} normalised inputs) as {response} at {server.url}",
+        f"serving {teacher_path} ({arch or 'black box'}, {dataset}: {spec.num_classes} classes, "
+        f"{spec.in_channels}x{spec.image_size}x{spec.image_size} inputs: {wire}) as {response} at {server.url}",
         flush=True,
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -292,8 +317,12 @@ def serve_teacher_main(
 
 
 def cmd_serve_teacher(args: argparse.Namespace) -> int:
+    from kdaudit.preprocess_args import contract_from_args
+
+    given = args.preprocess is not None or args.mean is not None or args.std is not None or args.pixel_scale is not None
     return serve_teacher_main(
-        args.teacher, args.arch, args.dataset, args.response, args.host, args.port, args.dataset_path
+        args.teacher, args.arch, args.dataset, args.response, args.host, args.port, args.dataset_path,
+        preprocess=contract_from_args(args) if given else None,
     )
 
 
@@ -304,11 +333,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve a teacher checkpoint over HTTP (the remote-teacher protocol) to audit API-only thieves",
     )
     p.add_argument("teacher", type=Path, help="teacher file: .safetensors, .onnx or a PyTorch state_dict")
-    p.add_argument("--arch", required=True, help="teacher architecture, e.g. cnn-16-32-32-64")
+    p.add_argument("--arch", help="architecture of a weights file, e.g. cnn-16-32-32-64 (not needed for ONNX)")
     p.add_argument("--dataset", default="digits", help="digits | mnist | fashion-mnist | cifar10 | npz (default digits)")
     p.add_argument("--dataset-path", help="for --dataset npz: the .npz (for its class and channel counts)")
     p.add_argument("--response", choices=RESPONSES, default="logits",
                    help="what the API reveals: logits, probabilities (softmax) or labels (argmax); default logits")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8700, help="port (default 8700; 0 picks a free one)")
+    from kdaudit.preprocess_args import add_preprocess_args
+
+    add_preprocess_args(p, expected=False)
+    p.description = ("With --preprocess (or --mean/--std/--pixel-scale) the endpoint takes pixels in [0, 1] and applies "
+                     "the model's own preprocessing itself, as a product API does; audit it with --preprocess none.")
     p.set_defaults(func=cmd_serve_teacher)

@@ -817,139 +817,7 @@ def torch_load_state_dict(path: Path, max_parameters: int) -> dict[str, torch.Te
 # ONNX
 
 
-class OnnxTeacher(nn.Module):
-    """A black-box teacher: logits from an ONNX model through onnxruntime (CPU provider)."""
-
-    has_features = False
-
-    def __init__(
-        self,
-        source: str | os.PathLike[str] | bytes,
-        num_classes: int,
-        in_channels: int,
-        settings: Settings | None = None,
-        image_size: int | None = None,
-        threads: int | None = None,
-    ):
-        super().__init__()
-        settings = settings or get_settings()
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        if isinstance(source, bytes):
-            data = source
-        else:
-            path = Path(source)
-            _check_size(path, settings)
-            data = path.read_bytes()
-        if len(data) > settings.max_upload_bytes:
-            raise CheckpointLimitError(
-                f"ONNX model is {len(data):,} bytes, over the upload limit of {settings.max_upload_bytes:,} bytes",
-                "max_upload_bytes",
-                settings.max_upload_bytes,
-                len(data),
-            )
-        try:
-            import numpy as np
-            import onnx
-            import onnxruntime as ort
-        except ImportError as e:  # pragma: no cover - both are core dependencies
-            raise CheckpointError(f"ONNX support is not installed ({e.name})") from None
-        self._np = np
-        try:
-            proto = onnx.load_model_from_string(data)
-        except Exception as e:
-            raise CheckpointError(f"not a valid ONNX model ({_one_line(e, 150)})") from None
-        graph = proto.graph
-        inits = list(graph.initializer)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) for t in inits):
-            raise CheckpointError("ONNX model references external data files; export it as a single file")
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t") and attr.t.data_location == onnx.TensorProto.EXTERNAL:
-                    raise CheckpointError(
-                        "ONNX model references external data files; export it as a single file"
-                    )
-        self.num_parameters = int(sum(math.prod(t.dims) for t in inits))
-        if self.num_parameters > settings.max_parameters:
-            raise CheckpointLimitError(
-                f"ONNX model has {self.num_parameters:,} weights, over the parameter limit of "
-                f"{settings.max_parameters:,}",
-                "max_parameters",
-                settings.max_parameters,
-                self.num_parameters,
-            )
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise CheckpointError(f"onnxruntime cannot load the model ({_one_line(e, 150)})") from None
-        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if len(inputs) != 1 or not outputs:
-            raise CheckpointError(f"ONNX model must take one image tensor; it has {len(inputs)} inputs")
-        shape = list(inputs[0].shape)
-        if len(shape) != 4:
-            raise CheckpointError(f"ONNX model input has rank {len(shape)}; expected (N, C, H, W)")
-        if isinstance(shape[1], int) and shape[1] != in_channels:
-            raise CheckpointError(f"ONNX model takes {shape[1]} input channel(s); declared {in_channels}")
-        self._input_name, self._output_name = inputs[0].name, outputs[0].name
-        self._dtype = {
-            "tensor(float)": np.float32,
-            "tensor(float16)": np.float16,
-            "tensor(double)": np.float64,
-        }.get(inputs[0].type)
-        if self._dtype is None:
-            raise CheckpointError(f"ONNX model input has type {inputs[0].type}; expected float")
-        self._batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-        default = 32 if in_channels == 3 else 28
-        self.input_size = tuple(
-            d if isinstance(d, int) and d > 0 else (image_size or default) for d in shape[2:]
-        )
-        with torch.no_grad():
-            n = self._batch or 2
-            self.forward(torch.zeros(n, in_channels, *self.input_size))
-
-    def _run(self, arr: Any) -> Any:
-        np = self._np
-        try:
-            out = self._session.run(
-                [self._output_name], {self._input_name: arr.astype(self._dtype, copy=False)}
-            )[0]
-        except Exception as e:
-            raise CheckpointError(
-                f"ONNX teacher failed on a batch of shape {tuple(arr.shape)} ({_one_line(e, 150)})"
-            ) from None
-        out = np.asarray(out)
-        if out.shape != (arr.shape[0], self.num_classes):
-            raise CheckpointError(
-                f"ONNX teacher returned shape {tuple(out.shape)} for {arr.shape[0]} images; "
-                f"expected ({arr.shape[0]}, {self.num_classes})"
-            )
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        np = self._np
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise CheckpointError(
-                f"ONNX teacher expects (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}"
-            )
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        b = self._batch
-        if b is None or arr.shape[0] == b:
-            out = self._run(arr)
-        else:  # fixed-batch export: run in chunks of b, padding the last one
-            parts = []
-            for i in range(0, arr.shape[0], b):
-                chunk = arr[i : i + b]
-                k = chunk.shape[0]
-                if k < b:
-                    chunk = np.concatenate([chunk, np.zeros((b - k, *chunk.shape[1:]), chunk.dtype)])
-                parts.append(self._run(chunk)[:k])
-            out = np.concatenate(parts)
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device)
+# OnnxTeacher lives in models/onnx_teacher.py (re-exported here by the module __getattr__ below).
 
 
 # ---------------------------------------------------------------------------------------------
@@ -995,18 +863,27 @@ def _resolve_format(path: Path, fmt: str | None, settings: Settings | None = Non
 
 def _load_local(
     path: Path,
-    arch: str,
+    arch: str | None,
     num_classes: int,
     in_channels: int,
     fmt: str | None,
     settings: Settings,
     in_child: bool,
     onnx_threads: int | None = None,
+    image_size: int | None = None,
 ) -> tuple[nn.Module, Format]:
     _check_size(path, settings)
     detected = _resolve_format(path, fmt, settings)
-    if detected == "onnx":
-        return OnnxTeacher(path, num_classes, in_channels, settings=settings, threads=onnx_threads), detected
+    if detected == "onnx":  # a black box: the graph says its shapes, no architecture name needed
+        from kdaudit.models.onnx_teacher import OnnxTeacher
+
+        teacher = OnnxTeacher(path, num_classes, in_channels, settings=settings, threads=onnx_threads, image_size=image_size)
+        return teacher, detected
+    if not arch:
+        raise CheckpointError(
+            f"a {detected} file holds weights only: name its architecture (--arch); "
+            "`kdaudit inspect FILE` says which architecture its keys and shapes match"
+        )
     if detected == "safetensors":
         tensors = _read_safetensors(path, settings)
     elif in_child:
@@ -1018,13 +895,15 @@ def _load_local(
 
 def load_teacher(
     path: str | os.PathLike[str],
-    arch: str,
+    arch: str | None,
     num_classes: int,
     in_channels: int,
     fmt: Format | None = None,
     settings: Settings | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
-    """A teacher in eval mode: a StagedNet with the file's weights, or an `OnnxTeacher`.
+    """A teacher in eval mode: a StagedNet with the file's weights, or an `OnnxTeacher`
+    (which needs no `arch`; `image_size` is checked against its graph).
 
     PyTorch files are unpickled only in the resource-limited loader child; any failure is a
     `CheckpointError` with a one-line message.
@@ -1032,7 +911,8 @@ def load_teacher(
     settings = settings or get_settings()
     _check_dims(num_classes, in_channels)
     try:
-        model, _fmt = _load_local(Path(path), arch, num_classes, in_channels, fmt, settings, in_child=False)
+        model, _fmt = _load_local(Path(path), arch, num_classes, in_channels, fmt, settings, in_child=False,
+                                  image_size=image_size)
     except CheckpointError:
         raise
     except MemoryError:
@@ -1050,13 +930,15 @@ def _check_dims(num_classes: int, in_channels: int) -> None:
 
 
 def validate_in_process(
-    path: Path, arch: str, num_classes: int, in_channels: int, fmt: str | None, settings: Settings
+    path: Path, arch: str | None, num_classes: int, in_channels: int, fmt: str | None, settings: Settings
 ) -> TeacherFileInfo:
     """The body of `validate_teacher_file`; ONLY call this inside the loader child."""
     size = _check_size(path, settings)
     model, detected = _load_local(
         path, arch, num_classes, in_channels, fmt, settings, in_child=True, onnx_threads=1
     )
+    from kdaudit.models.onnx_teacher import OnnxTeacher
+
     if isinstance(model, OnnxTeacher):
         params = model.num_parameters
     else:
@@ -1066,7 +948,7 @@ def validate_in_process(
 
 def validate_teacher_file(
     path: str | os.PathLike[str],
-    arch: str,
+    arch: str | None,
     num_classes: int,
     in_channels: int,
     fmt: Format | None = None,
@@ -1081,7 +963,7 @@ def validate_teacher_file(
     from kdaudit.models.registry import parse_arch
 
     try:
-        arch = parse_arch(arch)
+        arch = parse_arch(arch) if arch else None
     except KdauditError as e:
         raise CheckpointError(str(e)) from None
     child_settings = {
@@ -1092,8 +974,7 @@ def validate_teacher_file(
         args = [
             "validate",
             str(path.resolve()),
-            "--arch",
-            arch,
+            *(["--arch", arch] if arch else []),
             "--num-classes",
             str(num_classes),
             "--in-channels",
@@ -1113,6 +994,8 @@ def validate_teacher_file(
 def save_teacher(model: nn.Module, path: str | os.PathLike[str], arch: str | None = None) -> str:
     """Write `model`'s state_dict as safetensors (atomically); return the file's sha256."""
     from safetensors.torch import save_file
+
+    from kdaudit.models.onnx_teacher import OnnxTeacher
 
     if isinstance(model, OnnxTeacher):
         raise CheckpointError("an ONNX teacher has no state_dict to save; store the .onnx file itself")
@@ -1141,10 +1024,19 @@ def save_teacher(model: nn.Module, path: str | os.PathLike[str], arch: str | Non
     return sha256_file(path)
 
 
+def __getattr__(name: str) -> Any:
+    """`OnnxTeacher` lives in models/onnx_teacher.py (which uses this module's helpers): re-exported lazily."""
+    if name == "OnnxTeacher":
+        from kdaudit.models.onnx_teacher import OnnxTeacher
+
+        return OnnxTeacher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "FORMATS",
     "Format",
-    "OnnxTeacher",
+    "OnnxTeacher",  # noqa: F822 - provided by the module __getattr__ (lazy: onnx_teacher imports this module)
     "TeacherFileInfo",
     "CheckpointLimitError",
     "check_safetensors_header",

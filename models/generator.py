@@ -51,10 +51,17 @@ class Generator(nn.Module):
         self.register_buffer("high", hi.view(1, channels, 1, 1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.pre_activation(z))
+
+    def pre_activation(self, z: torch.Tensor) -> torch.Tensor:
+        """The output before the final tanh: DFME perturbs here, so every probe stays a legal image."""
         out = self.project(z.flatten(1)).view(z.shape[0], -1, self.init_size, self.init_size)
         out = self.bn0(out)
         out = self.block1(F.interpolate(out, scale_factor=2, mode="nearest"))
         out = self.block2(F.interpolate(out, scale_factor=2, mode="nearest"))
-        out = self.to_image(out)[..., : self.image_size, : self.image_size]
-        pixels = (torch.tanh(out) + 1) / 2  # [0, 1], the teacher's raw pixel range
+        return self.to_image(out)[..., : self.image_size, : self.image_size]
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """tanh to pixels in [0, 1] (the teacher's raw range), then the teacher's standardisation."""
+        pixels = (torch.tanh(pre) + 1) / 2
         return self.low + (self.high - self.low) * pixels

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 import re
 import time
@@ -27,9 +28,10 @@ from starlette.datastructures import MutableHeaders
 
 import kdaudit
 from kdaudit.core.settings import Settings
+from kdaudit.service import hardening, problems, web
 from kdaudit.service import metrics as metrics_mod
-from kdaudit.service import problems, web
 from kdaudit.service.deps import reject_unknown_query
+from kdaudit.service.lifecycle_routes import router as lifecycle_router
 from kdaudit.service.limits import BodySizeLimit, make_rate_limiter
 from kdaudit.service.problems import PROBLEM_JSON, problem_response
 from kdaudit.service.routes import router
@@ -65,6 +67,16 @@ def _install_log_record_factory() -> None:
     logging.setLogRecordFactory(factory)
 
 
+_RID_PREFIX = uuid.uuid4().hex[:16]
+_rid_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """Unique per process start (a random prefix) and per request (a counter): no system call
+    for randomness on every request (uuid4 was a measurable share of a status poll's CPU)."""
+    return f"{_RID_PREFIX}{next(_rid_counter):016x}"
+
+
 class RequestIdMiddleware:
     """Pure ASGI: take a well-formed `X-Request-ID` from the client or make one, echo it on
     the response, expose it to handlers (`scope['state']['request_id']`, problem bodies) and
@@ -83,7 +95,7 @@ class RequestIdMiddleware:
         except UnicodeDecodeError:
             rid = ""
         if not _VALID_RID.match(rid):
-            rid = uuid.uuid4().hex
+            rid = _new_request_id()
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id_var.set(rid)
         status = 500
@@ -187,12 +199,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_url="/openapi.json",
+        docs_url=None,  # the CDN-loading defaults are off; service/hardening.py serves /docs locally
+        redoc_url=None,
     )
     app.state.settings = s
     app.state.sessions = db.session_factory(s.resolved_database_url)
     app.state.celery = make_celery(s)
     app.state.files = FileStore(s.resolved_storage_dir)
     app.state.rate_limiter = make_rate_limiter(s)
+    hardening.install(app, s)  # key cache, lookup buckets, loader gate, security headers, /docs
     problems.install(app)
     app.state.metrics = metrics_mod.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=s.max_json_body_bytes)
@@ -200,6 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     app.include_router(verdict_router)
     app.include_router(router)
+    app.include_router(lifecycle_router)
     app.include_router(web.router)
 
     strict = [Depends(reject_unknown_query)]

@@ -62,14 +62,27 @@ class Client:
     def upload_teacher(
         self,
         path: str | Path,
-        architecture: str,
+        architecture: str | None,
         dataset: str,
         *,
         fmt: str | None = None,
         num_classes: int | None = None,
+        preprocess: dict[str, Any] | None = None,
+        expected_accuracy: float | None = None,
     ) -> dict[str, Any]:
+        """`architecture` None for an ONNX file; `preprocess`: TeacherInput fields (preset or pixel_scale/mean/std)."""
         path = Path(path)
-        data: dict[str, str] = {"architecture": architecture, "dataset": dataset}
+        data: dict[str, str] = {"dataset": dataset}
+        if architecture:
+            data["architecture"] = architecture
+        for k, v in (preprocess or {}).items():
+            if v is not None and k in ("preset", "pixel_scale", "mean", "std"):
+                name = "preprocess" if k == "preset" else k
+                data[name] = ",".join(str(x) for x in v) if isinstance(v, list | tuple) else str(v)
+        if data.get("preprocess") == "custom":
+            del data["preprocess"]
+        if expected_accuracy is not None:
+            data["expected_accuracy"] = str(expected_accuracy)
         if fmt:
             data["format"] = fmt
         if num_classes is not None:
@@ -91,6 +104,8 @@ class Client:
         *,
         architecture: str | None = None,
         headers: dict[str, str] | None = None,
+        preprocess: dict[str, Any] | None = None,
+        expected_accuracy: float | None = None,
         **knobs: Any,
     ) -> dict[str, Any]:
         """Register a teacher served over HTTP (POST /v1/teachers/remote). `knobs`: timeout_s,
@@ -98,6 +113,10 @@ class Client:
         body: dict[str, Any] = {"url": url, "response": response, "dataset": dataset}
         if architecture:
             body["architecture"] = architecture
+        if preprocess:
+            body["preprocess"] = {k: v for k, v in preprocess.items() if v is not None}
+        if expected_accuracy is not None:
+            body["expected_accuracy"] = expected_accuracy
         if headers:
             body["headers"] = headers
         body.update({k: v for k, v in knobs.items() if v is not None})
@@ -122,6 +141,16 @@ class Client:
 
     def cancel(self, audit_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/audits/{audit_id}/cancel").json()
+
+    def delete(self, kind: str, obj_id: str, *, cancel: bool = False) -> None:
+        """DELETE a teacher or an audit (`kind`: 'teacher' or 'audit'); `cancel` stops its running audits."""
+        self._request("DELETE", f"/v1/{kind}s/{obj_id}", params={"cancel": "true"} if cancel else None)
+
+    def events(self, limit: int = 50, offset: int = 0, action: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if action:
+            params["action"] = action
+        return self._request("GET", "/v1/events", params=params).json()
 
     def wait(
         self,

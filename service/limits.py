@@ -11,6 +11,9 @@ the limit (`limit`: the setting's name, `limit_value`, and what was asked for):
 | max_concurrent_audits_per_tenant      | 429    | POST /v1/audits (queued + running) |
 | rate_limit_per_second/rate_limit_burst| 429    | every /v1 request, per API key |
 
+Student size, compute and storage quotas: service/quotas.py; loader children:
+service/loader_gate.py; the per-address lookup limit and the key cache: service/fast_auth.py.
+
 Rate limiting is a token bucket per API key. `memory` keeps the buckets in the API process:
 right for one process; with N processes behind a balancer each allows the full rate, so a
 multi-process deployment should use `redis` (the default whenever `KDAUDIT_BROKER_URL` is a

@@ -73,14 +73,23 @@ def problem_response(
         "status": status,
     }
     if detail:
-        body["detail"] = detail
-    body["instance"] = request.url.path
+        body["detail"] = printable(detail)
+    body["instance"] = printable(request.url.path)
     body.update(extra)
     rid = request_id_of(request)
     if rid:
         body["request_id"] = rid
         headers = {**(headers or {}), "X-Request-ID": rid}
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (NUL, ESC, ...; not tab or newline) written as \\xNN: a
+    client-chosen value quoted in an error is never echoed raw into the body or the logs."""
+    return text.translate(_CONTROL)
 
 
 def request_id_of(request: Request) -> str | None:

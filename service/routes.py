@@ -18,10 +18,13 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from kdaudit.core.errors import CheckpointError, KdauditError
+from kdaudit.service import trail
 from kdaudit.service.auth import current_tenant
+from kdaudit.service.contract_fields import CONTRACT_FIELDS, check_fits, contract_fields
 from kdaudit.service.deps import get_celery, get_files, get_session, get_settings, reject_unknown_query
 from kdaudit.service.limits import check_audit_plan, limit_problem
 from kdaudit.service.problems import Problem
+from kdaudit.service.quotas import check_audit_size, check_storage, tenant_compute_admission
 from kdaudit.service.schemas import (
     ID_PATTERN,
     AuditCreate,
@@ -31,10 +34,14 @@ from kdaudit.service.schemas import (
     TeacherList,
     TeacherOut,
 )
+from kdaudit.service.strict_body import strict_audit_body
 from kdaudit.store import remote_teachers as rt
 from kdaudit.store import repo
+from kdaudit.store.crypto import StorageKeyError, keyring
 from kdaudit.store.files import FileStore
 from kdaudit.store.models import Audit, Teacher, Tenant, new_id
+from kdaudit.store.reports import open_report as keyring_open_report
+from kdaudit.store.sealed_files import store_upload
 from kdaudit.store.settings import ServiceSettings
 from kdaudit.workers.app import TASK_RUN_AUDIT, TASK_RUN_PART
 
@@ -140,15 +147,23 @@ _UPLOAD_DOC: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file", "architecture", "dataset"],
+                    "required": ["file", "dataset"],
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": "The checkpoint."},
-                        "architecture": {"type": "string", "example": "resnet18"},
+                        "architecture": {"type": "string", "example": "resnet18",
+                                         "description": "Required for weights (safetensors, state_dict); not for ONNX."},
                         "dataset": {
                             "type": "string",
-                            "enum": ["digits", "mnist", "fashion-mnist", "cifar10"],
-                            "description": "Dataset and preprocessing the teacher was trained with.",
+                            "enum": ["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"],
+                            "description": "Dataset the teacher classifies.",
                         },
+                        "preprocess": {"type": "string", "example": "none",
+                                       "description": "Input preset the teacher was trained with: dataset (default), none, "
+                                       "pixels255, half, imagenet, cifar, cifar-kuangliu, cifar100, mnist."},
+                        "mean": {"type": "string", "example": "0.4914,0.4822,0.4465", "description": "Explicit per-channel mean."},
+                        "std": {"type": "string", "example": "0.2023,0.1994,0.2010", "description": "Explicit per-channel std."},
+                        "pixel_scale": {"type": "number", "example": 255, "description": "Pixels in [0, pixel_scale] before mean/std."},
+                        "expected_accuracy": {"type": "number", "description": "Its test accuracy in your pipeline, percent."},
                         "num_classes": {"type": "integer", "description": "Defaults to the dataset's."},
                         "format": {
                             "type": "string",
@@ -186,6 +201,8 @@ async def upload_teacher(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
         raise _too_large(limit)
+    if declared and declared.isdigit():  # refuse before reading when the body alone would pass the quota
+        await run_in_threadpool(_storage_ok, session, tenant.id, max(int(declared) - FORM_OVERHEAD, 0), settings)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise Problem(415, "send the teacher as multipart/form-data with a `file` part", slug="unsupported-media-type")
     limited = Request(request.scope, receive=_limited_receive(request.receive, limit + FORM_OVERHEAD))
@@ -200,18 +217,21 @@ async def upload_teacher(
         if not isinstance(upload, UploadFile):
             raise Problem(422, "the form needs a `file` part holding the checkpoint", slug="validation-error")
         fields = {k: form.get(k) for k in ("architecture", "dataset", "num_classes", "format", "in_channels")}
-        for name in ("architecture", "dataset"):
-            if not isinstance(fields[name], str) or not fields[name].strip():
-                raise Problem(422, f"the form field `{name}` is required", slug="validation-error")
+        if not isinstance(fields["dataset"], str) or not fields["dataset"].strip():
+            raise Problem(422, "the form field `dataset` is required", slug="validation-error")
         arch, dataset, num_classes, in_channels, fmt = _teacher_fields(fields)
+        contract, expected = contract_fields({k: form.get(k) for k in CONTRACT_FIELDS})
+        check_fits(contract, in_channels)
 
         filename = FsPath(upload.filename or "teacher").name[:255] or "teacher"
         suffix = FsPath(filename).suffix.lower()
         tmp = files.new_temp(suffix=suffix if _SUFFIX.match(suffix) else "")
         try:
             sha, size = await _copy_limited(upload, tmp, limit)
+            await run_in_threadpool(_storage_ok, session, tenant.id, size, settings)
             try:
-                info = await run_in_threadpool(_validate, tmp, arch, num_classes, in_channels, fmt, settings)
+                with request.app.state.loader_gate.slot(tenant.id):  # 429 when too many loader children run
+                    info = await run_in_threadpool(_validate, tmp, arch, num_classes, in_channels, fmt, settings)
             except CheckpointError as e:
                 limit = getattr(e, "limit", None)  # CheckpointLimitError (kept duck-typed: no torch import here)
                 if isinstance(limit, str):
@@ -220,7 +240,8 @@ async def upload_teacher(
                         status, limit, getattr(e, "limit_value", 0), f"{e} ({limit})", requested=getattr(e, "requested", None)
                     ) from None
                 raise Problem(422, str(e), slug="invalid-checkpoint", title="Invalid checkpoint") from None
-            files.adopt(tmp, sha)
+            # sealed with the storage key (a thread: sealing hundreds of MiB must not block the loop)
+            await run_in_threadpool(store_upload, files, tmp, sha, keyring(settings))
         finally:
             tmp.unlink(missing_ok=True)
     finally:
@@ -238,23 +259,35 @@ async def upload_teacher(
         format=str(info.format),
         parameters=int(info.parameters),
         size_bytes=size,
+        preprocess=None if contract.is_default else contract.model_dump(mode="json"),
+        expected_accuracy=expected,
     )
     request.app.state.metrics.teachers_uploaded.inc()
+    await run_in_threadpool(trail.record, request, session, "teacher.upload", "teacher", teacher.id, {"sha256": sha})
     response.headers["Location"] = f"/v1/teachers/{teacher.id}"
     return TeacherOut.of(teacher)
 
 
-def _teacher_fields(fields: dict[str, Any]) -> tuple[str, str, int, int, str | None]:
+def _storage_ok(session: Session, tenant_id: str, adding: int, settings: ServiceSettings) -> None:
+    """The per-tenant storage quota (413 naming it); ends the read transaction either way."""
+    try:
+        check_storage(session, tenant_id, adding, settings)
+    finally:
+        session.commit()
+
+
+def _teacher_fields(fields: dict[str, Any]) -> tuple[str | None, str, int, int, str | None]:
     from kdaudit.distill.data import dataset_spec
     from kdaudit.models.registry import parse_arch
 
-    try:
-        arch = parse_arch(str(fields["architecture"]))
+    given = fields.get("architecture")
+    try:  # optional: an ONNX file needs none (the loader child refuses weights without one)
+        arch = parse_arch(given) if isinstance(given, str) and given.strip() else None
     except KdauditError as e:
         raise Problem(422, str(e), slug="validation-error") from None
     dataset = str(fields["dataset"]).strip().lower()
-    if dataset == "npz":
-        raise Problem(422, "dataset 'npz' (a server-side file) is not available over the API", slug="validation-error")
+    if dataset in ("npz", "folder"):
+        raise Problem(422, f"dataset {dataset!r} (a server-side path) is not available over the API", slug="validation-error")
     try:
         spec = dataset_spec(dataset)
     except KdauditError as e:
@@ -300,7 +333,7 @@ async def _copy_limited(upload: UploadFile, dest: FsPath, limit: int) -> tuple[s
     return h.hexdigest(), size
 
 
-def _validate(path: FsPath, arch: str, num_classes: int, in_channels: int, fmt: str | None, settings: ServiceSettings):
+def _validate(path: FsPath, arch: str | None, num_classes: int, in_channels: int, fmt: str | None, settings: ServiceSettings):
     # parses the file in a separate, resource-limited process: never unpickle in the API process
     from kdaudit.models.checkpoints import validate_teacher_file
 
@@ -378,6 +411,8 @@ def register_remote_teacher(
         ds = dataset_spec(body.dataset)
     except KdauditError as e:
         raise Problem(422, str(e), slug="validation-error") from None
+    if body.preprocess is not None:
+        check_fits(body.preprocess, ds.in_channels)
     try:  # the allowlist, then every address the host resolves to (blocking DNS: this route runs in a thread)
         rt.check_url(spec.url, entries)
     except KdauditError as e:
@@ -399,12 +434,15 @@ def register_remote_teacher(
             format=rt.REMOTE_FORMAT,
             parameters=0,
             size_bytes=0,
+            preprocess=None if body.preprocess is None or body.preprocess.is_default else body.preprocess.model_dump(mode="json"),
+            expected_accuracy=body.expected_accuracy,
         )
     except BaseException:
         files.delete_secret(rt.secret_name(teacher_id))
         raise
     log.info("remote teacher %s registered for tenant %s: %s (%s)", teacher.id, tenant.id, public_url, spec.response)
     request.app.state.metrics.teachers_uploaded.inc()
+    trail.record(request, session, "teacher.upload", "teacher", teacher.id, {"remote": True})
     response.headers["Location"] = f"/v1/teachers/{teacher.id}"
     return _teacher_out(teacher, files)
 
@@ -439,6 +477,7 @@ def list_teachers(
 @_release_db
 def get_teacher(
     teacher_id: TeacherId,
+    request: Request,
     tenant: Tenant = Depends(current_tenant),
     files: FileStore = Depends(get_files),
     session: Session = Depends(get_session),
@@ -446,7 +485,9 @@ def get_teacher(
     teacher = repo.get_teacher(session, tenant.id, teacher_id)
     if teacher is None:
         raise Problem(404, f"no teacher {teacher_id}", slug="not-found")
-    return _teacher_out(teacher, files)
+    out = _teacher_out(teacher, files)
+    trail.record(request, session, "teacher.read", "teacher", teacher.id)
+    return out
 
 
 # ------------------------------------------------------------------ audits
@@ -471,7 +512,11 @@ def report_body_or_409(session: Session, tenant: Tenant, audit_id: str, settings
         if not finished:
             why = f"the audit is {audit.status} ({audit.runs_done}/{audit.runs_total} runs done)"
         raise Problem(409, f"no report yet: {why}", slug="report-not-ready", headers=headers, audit_status=audit.status)
-    return row.body
+    try:
+        return keyring_open_report(settings, audit.id, row.body)
+    except StorageKeyError:  # the operator's keyring lacks the key that sealed it (see docs/security.md)
+        log.error("report of audit %s cannot be opened with the configured storage keys", audit.id)
+        raise Problem(500, "the stored report cannot be opened with the server's storage keys", slug="storage-key") from None
 
 
 def _audit_response(response: Response, audit: Audit, settings: ServiceSettings) -> AuditOut:
@@ -505,7 +550,7 @@ def _remote_threat(kwargs: dict[str, Any], teacher: Teacher, files: FileStore) -
             raise Problem(
                 422,
                 f"{attack} is a grey-box attack: it needs the teacher's intermediate activations, and a remote "
-                "teacher only returns output vectors; use datafree_dfad / datafree_dfad_skeptical (black-box)",
+                "teacher only returns output vectors; use datafree_dfme / datafree_dfad (and their _skeptical forms; black-box)",
                 slug="validation-error",
             )
         if attack.startswith("datafree_") and response == "labels":
@@ -529,7 +574,12 @@ def _build_config(body: AuditCreate, teacher, files: FileStore | None = None) ->
             f"dataset {dataset!r} has {spec.num_classes} and {spec.in_channels}",
             slug="validation-error",
         )
-    kwargs: dict[str, Any] = {"teacher_arch": teacher.architecture, "dataset": dataset}
+    kwargs: dict[str, Any] = {"teacher_arch": teacher.architecture, "dataset": dataset,
+                              "teacher_input": teacher.preprocess or "dataset", "expected_accuracy": teacher.expected_accuracy}
+    if body.expected_accuracy is not None:
+        kwargs["expected_accuracy"] = body.expected_accuracy
+    if body.force is not None:
+        kwargs["force"] = body.force
     for name in ("attacks", "students", "seeds", "base_seed", "fraction", "device", "kd", "skeptical", "datafree",
                  "threat", "sweep", "panel"):
         value = getattr(body, name)
@@ -575,6 +625,7 @@ def submit_audit(
     files: FileStore = Depends(get_files),
     session: Session = Depends(get_session),
     celery: Celery = Depends(get_celery),
+    _strict: None = Depends(strict_audit_body),  # "epochs": "1" / true are refused, not coerced
 ) -> AuditOut:
     """Queue an audit of one of your teachers. Answers 202 with `Location` of the job."""
     from kdaudit.distill.config import AuditConfig
@@ -587,8 +638,10 @@ def submit_audit(
     runs_total = len(plan_runs(AuditConfig.model_validate(config)))
     fingerprint = repo.request_fingerprint(body.model_dump(mode="json", exclude_none=True))
     replay = idempotency_key is not None and repo.get_by_idempotency_key(session, tenant.id, idempotency_key)
+    admit = None
     if not replay:  # a replay returns the earlier audit even if limits changed since
         check_audit_plan(config, runs_total, settings)
+        admit = tenant_compute_admission(tenant.id, check_audit_size(config, settings), settings)
     parts = repo.plan_parts(config, settings.audit_parts)  # None: one task runs the whole audit
     try:
         audit, created = repo.create_audit(
@@ -602,6 +655,7 @@ def submit_audit(
             idempotency_key=idempotency_key,
             max_active=settings.max_concurrent_audits_per_tenant,
             parts=parts,
+            admit=admit,
         )
     except repo.ActiveLimit as e:
         active = e.args[0]
@@ -655,16 +709,24 @@ def list_audits(
 
 
 @router.get("/audits/{audit_id}", response_model=AuditOut, responses=_errors(_404="No such audit (of yours)"))
-@_release_db
-def get_audit(
-    audit_id: AuditId,
-    response: Response,
-    tenant: Tenant = Depends(current_tenant),
-    settings: ServiceSettings = Depends(get_settings),
-    session: Session = Depends(get_session),
-) -> AuditOut:
+async def get_audit(audit_id: AuditId, request: Request, tenant: Tenant = Depends(current_tenant)) -> Response:
     """Status and progress; `Retry-After` is set until the audit has finished."""
-    return _audit_response(response, _audit_or_404(session, tenant, audit_id), settings)
+    # The status poll is the hot path (many clients, often): one threadpool hop for the one row
+    # (its own short session), and the body serialised once here -- returning the model would
+    # make FastAPI validate it against response_model again in another thread.
+    audit = await run_in_threadpool(_read_audit, request.app.state.sessions, tenant.id, audit_id)
+    if audit is None:
+        raise Problem(404, f"no audit {audit_id}", slug="not-found")
+    retry = request.app.state.settings.retry_after_seconds
+    headers = {} if repo.is_finished(audit.status) else {"Retry-After": str(retry)}
+    return Response(AuditOut.of(audit).model_dump_json(), media_type="application/json", headers=headers)
+
+
+def _read_audit(sessions, tenant_id: str, audit_id: str) -> Audit | None:
+    with sessions() as session:
+        audit = repo.get_audit(session, tenant_id, audit_id)
+        session.commit()
+        return audit
 
 
 @router.get(
@@ -680,6 +742,7 @@ def get_audit(
 @_release_db
 def get_report(
     audit_id: AuditId,
+    request: Request,
     tenant: Tenant = Depends(current_tenant),
     settings: ServiceSettings = Depends(get_settings),
     session: Session = Depends(get_session),
@@ -687,7 +750,9 @@ def get_report(
     """The `kdaudit.report/v1` JSON; 409 until the audit has succeeded."""
     from fastapi.responses import JSONResponse
 
-    return JSONResponse(report_body_or_409(session, tenant, audit_id, settings))
+    body = report_body_or_409(session, tenant, audit_id, settings)
+    trail.record(request, session, "report.download", "audit", audit_id, {"format": "json"})
+    return JSONResponse(body)
 
 
 @router.post(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdaudit.distill.config import AttackName, SweepSettings, ThreatModel
+from kdaudit.distill.preprocess import TeacherInput
 from kdaudit.store.models import Audit, Teacher
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -50,7 +51,7 @@ class TeacherOut(BaseModel):
     id: str
     sha256: str
     filename: str
-    architecture: str
+    architecture: str | None = Field(description="Our zoo's architecture; null for an ONNX black box.")
     dataset: str
     num_classes: int
     in_channels: int
@@ -62,6 +63,10 @@ class TeacherOut(BaseModel):
     remote: RemoteTeacherInfo | None = Field(
         default=None, description="Set for a remote teacher (format `remote-http`, POST /v1/teachers/remote)."
     )
+    preprocess: TeacherInput = Field(
+        default_factory=TeacherInput, description="The teacher's declared input contract (preset or pixel_scale/mean/std).",
+    )
+    expected_accuracy: float | None = Field(default=None, description="The owner's test accuracy for it, percent.")
 
     @classmethod
     def of(cls, t: Teacher, remote: dict[str, Any] | None = None) -> TeacherOut:
@@ -79,6 +84,8 @@ class TeacherOut(BaseModel):
             created_at=t.created_at,
             links={"self": f"/v1/teachers/{t.id}"},
             remote=RemoteTeacherInfo.model_validate(remote) if remote is not None else None,
+            preprocess=TeacherInput.of(t.preprocess),
+            expected_accuracy=t.expected_accuracy,
         )
 
 
@@ -91,7 +98,9 @@ class TeacherList(BaseModel):
 
 
 _HeaderName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
-_HeaderValue = Annotated[str, Field(max_length=4096, pattern=r"^[^\r\n]*$")]
+#: no control characters but tab: a NUL or line break in a value is refused here, never stored,
+#: sent, or echoed into an error later (the HTTP client's own refusal quoted the value)
+_HeaderValue = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00-\x08\x0a-\x1f\x7f]*$")]
 
 
 class RemoteTeacherCreate(BaseModel):
@@ -109,8 +118,15 @@ class RemoteTeacherCreate(BaseModel):
     response: Literal["logits", "probabilities", "labels"] = Field(
         description="What the endpoint answers: logits, softmax probabilities or labels (argmax)."
     )
-    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10"] = Field(
-        description="Dataset and preprocessing the endpoint expects (its class and channel counts)."
+    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"] = Field(
+        description="Dataset the endpoint classifies (its class and channel counts)."
+    )
+    preprocess: TeacherInput | None = Field(
+        default=None, description="What the endpoint expects to be sent: a preset (`none`, `imagenet`, `cifar-kuangliu`, ...) "
+        "or pixel_scale/mean/std; default `dataset` (the dataset's train statistics).",
+    )
+    expected_accuracy: float | None = Field(
+        default=None, ge=0, le=100, description="Its test accuracy in the owner's pipeline, percent (the audits' sanity gate).",
     )
     architecture: str | None = Field(
         default=None, min_length=1, max_length=64,
@@ -133,8 +149,12 @@ class AuditCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     teacher_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
-    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10"] | None = Field(
+    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"] | None = Field(
         default=None, description="Defaults to the dataset the teacher was uploaded for."
+    )
+    force: bool | None = Field(default=None, description="Run even if the teacher sanity check fails (the report says so).")
+    expected_accuracy: float | None = Field(
+        default=None, ge=0, le=100, description="Overrides the teacher's declared expected accuracy for this audit.",
     )
     attacks: list[AttackName] | None = Field(default=None, min_length=1, max_length=len(get_args(AttackName)))
     students: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(

@@ -28,6 +28,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 import kdaudit
+from kdaudit.service import trail
 from kdaudit.service.auth import current_tenant
 from kdaudit.service.deps import get_session, get_settings
 from kdaudit.service.problems import Problem
@@ -44,7 +45,19 @@ router = APIRouter()
 #: same shape as the API's ids (kdaudit.service.schemas.ID_PATTERN)
 AuditId = Annotated[str, PathParam(description="Audit id (from POST /v1/audits).", pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse")
+#: the upload form's preprocessing presets (distill/preprocess.py), with what each means
+PREPROCESS_CHOICES = (
+    ("dataset", "the dataset's train mean/std (teachers kdaudit trained)"),
+    ("none", "pixels in [0, 1], no mean/std"),
+    ("pixels255", "pixels in [0, 255]"),
+    ("half", "pixels in [-1, 1] (mean 0.5, std 0.5)"),
+    ("imagenet", "ImageNet mean/std"),
+    ("cifar", "canonical CIFAR-10 mean/std"),
+    ("cifar-kuangliu", "CIFAR-10 std 0.2023/0.1994/0.2010 (kuangliu, Nasty-Teacher, Skeptical2021)"),
+    ("cifar100", "canonical CIFAR-100 mean/std"),
+    ("mnist", "MNIST 0.1307/0.3081"),
+)
 ATTACKS = (("normal_kd", "normal KD (Hinton)"), ("skeptical", "skeptical student"))
 ARCH_EXAMPLES = ("cnn-32-64-64-128", "cnn-16-32-32-64", "cnn-8-8-8-16", "cnn-4-8-8-16", "resnet18")
 
@@ -78,6 +91,7 @@ def ui_index(request: Request) -> HTMLResponse:
         datasets=DATASETS,
         attacks=ATTACKS,
         arch_examples=ARCH_EXAMPLES,
+        preprocess_choices=PREPROCESS_CHOICES,
         default_students=", ".join(defaults["students"].default_factory()),  # type: ignore[misc]
         default_seeds=defaults["seeds"].default,
     )
@@ -141,6 +155,7 @@ def _render_cached(audit_id: str, body: dict[str, Any]) -> str:
 @_release_db
 def get_report_html(
     audit_id: AuditId,
+    request: Request,
     tenant: Tenant = Depends(current_tenant),
     settings: ServiceSettings = Depends(get_settings),
     session: Session = Depends(get_session),
@@ -148,6 +163,7 @@ def get_report_html(
     """The report as a self-contained HTML page (inline CSS and SVG plots, no scripts); 409 until the audit has succeeded."""
     body = report_body_or_409(session, tenant, audit_id, settings)
     text = _render_cached(audit_id, body)  # a sync route: FastAPI runs it in the thread pool
+    trail.record(request, session, "report.download", "audit", audit_id, {"format": "html"})
     return HTMLResponse(
         text,
         headers={

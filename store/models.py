@@ -81,6 +81,12 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: a label the owner chose ("ci", "laptop"); never the key
+    name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: after this instant the key is refused (401); NULL: never expires
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: last authenticated request, written at most every `key_last_used_every_seconds`
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Teacher(Base):
@@ -90,13 +96,18 @@ class Teacher(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     filename: Mapped[str] = mapped_column(String(255))
-    architecture: Mapped[str] = mapped_column(String(64))
+    #: our zoo's architecture name; None for a black box (an ONNX file needs none)
+    architecture: Mapped[str | None] = mapped_column(String(64), nullable=True)
     dataset: Mapped[str] = mapped_column(String(32))
     num_classes: Mapped[int] = mapped_column(Integer)
     in_channels: Mapped[int] = mapped_column(Integer)
     format: Mapped[str] = mapped_column(String(32))
     parameters: Mapped[int] = mapped_column(BigInteger)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: the declared input contract (distill/preprocess.py TeacherInput); None = the dataset's statistics
+    preprocess: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    #: the owner's test accuracy for this teacher, percent: the audit's sanity gate checks it
+    expected_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -184,3 +195,49 @@ class AuditPart(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Tombstone(Base):
+    """What remains of a deleted teacher or audit: enough to trace a report already downloaded
+    (its teacher sha256, when, by which key), nothing of the model or the report."""
+
+    __tablename__ = "tombstones"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: 'teacher' or 'audit'
+    kind: Mapped[str] = mapped_column(String(16))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    #: the teacher's sha256 (an audit's: its teacher's)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: an audit's teacher id; NULL for teachers
+    teacher_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: the API key id that deleted it; NULL when the operator's CLI or the retention sweep did
+    deleted_by_key: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: 'api', 'cli' or 'retention'
+    reason: Mapped[str] = mapped_column(String(32))
+
+
+class Event(Base):
+    """The access trail: one row per upload, download, delete or key change, per tenant.
+    Holds who (key id), what, when and from which address; never a key, header or report."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    #: e.g. teacher.upload, report.download, teacher.delete, key.revoke
+    action: Mapped[str] = mapped_column(String(64))
+    #: 'teacher', 'audit' or 'key'
+    object_type: Mapped[str] = mapped_column(String(16))
+    object_id: Mapped[str] = mapped_column(String(64))
+    #: the API key that acted; NULL for the operator's CLI and the retention sweep
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: 'api', 'cli' or 'retention'
+    actor: Mapped[str] = mapped_column(String(32))
+    #: the client's address as the API saw it
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: small non-secret facts (format of a download, sha256 of a deleted file)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)

@@ -74,10 +74,26 @@ class HostEntry:
         return self.host == host and (self.port is None or self.port == port)
 
 
+#: IPv6 prefixes whose addresses carry an IPv4 address that the network delivers to: judged by
+#: that IPv4 address (NAT64 64:ff9b::/96 and the local-use 64:ff9b:1::/48, 6to4 2002::/16,
+#: IPv4-mapped ::ffff:0:0/96, the deprecated IPv4-compatible ::/96; Teredo by its server)
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_COMPAT = ipaddress.IPv6Network("::/96")
+
+
 def _unmap(ip: IPAddress) -> IPAddress:
-    """::ffff:a.b.c.d is a.b.c.d (so a mapped loopback is loopback)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+    """An IPv6 address that embeds an IPv4 one is that IPv4 address (so ::ffff:127.0.0.1,
+    64:ff9b::7f00:1 and 2002:7f00:1:: are loopback, 64:ff9b::a9fe:a9fe is the metadata address)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return ip
+    if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
+    if any(ip in net for net in _NAT64) or (ip in _COMPAT and int(ip) > 1):  # :: and ::1 are not IPv4
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[0]  # the Teredo server; the client part is obfuscated
     return ip
 
 

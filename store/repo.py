@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -84,7 +84,11 @@ def tenant_for_key(session: Session, key: str) -> Tenant | None:
     return session.scalar(
         select(Tenant)
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        .where(
+            ApiKey.key_hash == hash_key(key),
+            ApiKey.revoked_at.is_(None),
+            (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > utcnow()),
+        )
     )
 
 
@@ -157,6 +161,7 @@ def create_audit(
     idempotency_key: str | None = None,
     max_active: int | None = None,
     parts: list[list[int]] | None = None,
+    admit: Callable[[Session], None] | None = None,
 ) -> tuple[Audit, bool]:
     """Insert a queued audit; with an Idempotency-Key, return the earlier audit instead.
 
@@ -170,13 +175,19 @@ def create_audit(
         if existing is not None:
             return _check_same(existing, request_hash), False
     if max_active is not None:
-        # PostgreSQL: lock the tenant row so concurrent submits of one tenant count one at a time
-        # (SQLite ignores FOR UPDATE; its single writer makes the race window tiny).
-        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+        # Serialise one tenant's submits before counting, with a no-op write to its row: on
+        # PostgreSQL it takes the row lock; on SQLite (which ignores FOR UPDATE and runs a bare
+        # SELECT outside any transaction) it opens the write transaction and takes the database's
+        # write lock, so the count below and the INSERT are one atomic step (20 parallel submits
+        # against a limit of 10 had accepted 20; tests/test_quota_race.py).
+        session.commit()  # end any read snapshot first: a stale one cannot be upgraded to a writer
+        session.execute(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name))
         active = count_active(session, tenant_id)
         if active >= max_active:
             session.rollback()
             raise ActiveLimit(active)
+        if admit is not None:  # further per-tenant checks under the same lock (it rolls back to refuse)
+            admit(session)
     audit = Audit(
         id=new_id(),
         tenant_id=tenant_id,
@@ -401,8 +412,11 @@ def should_stop(session: Session, audit_id: str, worker_id: str) -> bool:
     return bool(requested) or status != "running" or owner != worker_id
 
 
-def store_report(session: Session, audit_id: str, worker_id: str, body: dict[str, Any]) -> bool:
-    """Save the report and mark the audit succeeded, only if this worker still owns it."""
+def store_report(
+    session: Session, audit_id: str, worker_id: str, body: dict[str, Any], seal: Any = None
+) -> bool:
+    """Save the report and mark the audit succeeded, only if this worker still owns it.
+    `seal(body) -> stored body` encrypts it at rest (kdaudit.store.reports.seal_report)."""
     now = utcnow()
     res = session.execute(
         update(Audit)
@@ -417,7 +431,8 @@ def store_report(session: Session, audit_id: str, worker_id: str, body: dict[str
         session.delete(existing)
         session.flush()
     verdict = str(body.get("summary", {}).get("verdict", ""))
-    session.add(ReportRow(audit_id=audit_id, schema=str(body.get("schema", "")), verdict=verdict, body=body))
+    stored = seal(body) if seal is not None else body
+    session.add(ReportRow(audit_id=audit_id, schema=str(body.get("schema", "")), verdict=verdict, body=stored))
     session.commit()
     return True
 

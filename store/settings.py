@@ -61,6 +61,20 @@ class ServiceSettings(Settings):
         "A name's non-public addresses (loopback, private, link-local) must be listed too. See docs/security.md.",
     )
 
+    operator_tenants: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tenant names whose keys may call operator routes (GET /v1/selftest): comma-separated "
+        "(env KDAUDIT_OPERATOR_TENANTS). Empty (default): no key may.",
+    )
+
+    @field_validator("operator_tenants", mode="before")
+    @classmethod
+    def _parse_operators(cls, v: Any) -> list[str]:
+        if v is None or v == "":
+            return []
+        items = v.split(",") if isinstance(v, str) else list(v)
+        return [str(x).strip() for x in items if str(x).strip()]
+
     @field_validator("remote_teacher_hosts", mode="before")
     @classmethod
     def _parse_remote_hosts(cls, v: Any) -> list[str]:

@@ -96,6 +96,7 @@ def tiny_audit(teacher_id: str, **over: Any) -> dict[str, Any]:
         "seeds": 1,
         "epochs": 1,
         "device": "cpu",
+        "force": True,  # make_teacher_file's teacher has random weights: past the sanity gate (distill/gate.py)
     }
     body.update(over)
     return body

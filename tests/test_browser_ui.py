@@ -8,7 +8,8 @@ wrong key show the API's message in the page; the pages fit a 390 px wide screen
 Needs `apt-get install chromium` and `pip install playwright` (never `playwright install`:
 we launch the system browser). Without them the tests skip, unless CI=true.
 Screenshots go to $KDAUDIT_TEST_ARTIFACTS (default artifacts/browser/); with
-KDAUDIT_UPDATE_SCREENSHOTS=1 the report screenshot is also copied to docs/screenshots/.
+KDAUDIT_UPDATE_SCREENSHOTS=1 the audit list screenshot is also copied to docs/screenshots/ (the report
+screenshot there is of a real audit of trained teachers: docs/screenshots/make_report_screenshot.py).
 """
 
 from __future__ import annotations
@@ -214,10 +215,9 @@ def test_sign_in_upload_audit_and_read_the_report(server, page, browser):
         assert standalone.locator("svg.plot").count() == 2
         shot = _artifact("report.png")
         standalone.screenshot(path=shot, full_page=True)
-        if os.environ.get("KDAUDIT_UPDATE_SCREENSHOTS") == "1":
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(shot, SCREENSHOTS / "report.png")
-            shutil.copyfile(_artifact("audits.png"), SCREENSHOTS / "audits.png")
+        if os.environ.get("KDAUDIT_UPDATE_SCREENSHOTS") == "1":  # the list page only: this audit's teacher is random,
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)  # docs/screenshots/report.png comes from a real audit
+            shutil.copyfile(_artifact("audits.png"), SCREENSHOTS / "audits.png")  # (docs/screenshots/make_report_screenshot.py)
     finally:
         ctx.close()
     (ARTIFACTS / "audit.json").write_text(json.dumps({"audit": audit_id, "seconds": round(time.monotonic() - started, 1)}))

@@ -17,7 +17,8 @@ from kdaudit.verdict_cli import register
 def reports():
     torch.manual_seed(0)
     teacher = build_model("cnn-8-8-8-16", 10, 1).eval()
-    base = {"teacher_arch": "cnn-8-8-8-16", "attacks": ["normal_kd"], "seeds": 2, "schedule": {"epochs": 2}, "device": "cpu"}
+    base = {"teacher_arch": "cnn-8-8-8-16", "attacks": ["normal_kd"], "seeds": 2, "schedule": {"epochs": 2}, "device": "cpu",
+            "force": True}  # a random teacher: past the sanity gate
     a = run_audit(AuditConfig(**base), teacher, "t")
     b = run_audit(AuditConfig(**base, fraction=0.3), teacher, "t")  # the thief has less data
     return a, b

@@ -81,7 +81,7 @@ def test_sigkill_mid_audit_resumes_without_recomputing(tmp_path):
             assert r.status_code == 202, r.text
             aid = r.json()["id"]
             runs_total = r.json()["progress"]["runs_total"]
-            assert runs_total == 6  # 2 seeds x (scratch, normal_kd, skeptical)
+            assert runs_total == 8  # 2 seeds x (scratch, label smoothing, normal_kd, skeptical)
 
             # wait until seed 0 is recorded and seed 1 is a few epochs in, then SIGKILL
             deadline = time.monotonic() + 240

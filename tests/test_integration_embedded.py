@@ -106,7 +106,12 @@ def test_embedded_flow_through_the_cli(server):
     finally:
         db.close()
     assert status == "succeeded" and done == total == n_runs == len(report["runs"])
-    assert body == report
+    assert body.get("kdaudit_sealed") and "summary" not in body  # sealed at rest (store/reports.py)
+    from kdaudit.store.crypto import Keyring, _parse_key
+
+    key = (server["data"] / "storage.key").read_text().split()[0]  # created on first use, 0600
+    assert oct((server["data"] / "storage.key").stat().st_mode & 0o777) == "0o600"
+    assert Keyring([_parse_key(key)]).open_json(body, f"kdaudit-report/{audit_id}") == report
     assert (server["data"] / "broker" / "queue").is_dir()
 
 

@@ -114,7 +114,11 @@ def test_full_flow_rows_match(stack):
     assert audit.status == "succeeded" and audit.attempts == 1 and audit.claimed_by
     assert audit.runs_done == audit.runs_total == len(runs) == len(report["runs"])
     assert sorted(round(r.test_accuracy, 3) for r in runs) == sorted(round(x["test_accuracy"], 3) for x in report["runs"])
-    assert stored.body == report and stored.verdict == report["summary"]["verdict"] and stored[2] == "object"
+    from kdaudit.store.reports import open_report
+
+    assert stored.body.get("kdaudit_sealed") and "summary" not in stored.body  # sealed at rest (store/reports.py)
+    assert open_report(stack["settings"], aid, stored.body) == report
+    assert stored.verdict == report["summary"]["verdict"] and stored[2] == "object"
 
 
 def test_duplicate_delivery_runs_once(stack, tmp_path):

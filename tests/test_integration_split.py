@@ -50,7 +50,7 @@ def _split_audit_on_two_workers(settings, root: Path, monkeypatch) -> None:
             doc = h.wait_status(lambda: client.get(f"/v1/audits/{aid}", headers=h.auth(key)).json(), TERMINAL, 180)
             text = "\n".join(p.read_text(errors="replace")[-3000:] for p in logs)
             assert doc["status"] == "succeeded", (doc, text)
-            assert doc["progress"]["runs_done"] == doc["progress"]["runs_total"] == 4
+            assert doc["progress"]["runs_done"] == doc["progress"]["runs_total"] == 6  # 2 seeds x (scratch, label smoothing, normal_kd)
             assert doc["progress"]["fraction"] == 1.0 and doc["progress"]["current_run"] is None
             report = client.get(f"/v1/audits/{aid}/report", headers=h.auth(key)).json()
     finally:

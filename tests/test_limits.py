@@ -61,9 +61,9 @@ def _problem(r, status: int) -> dict:
 
 def test_runs_per_audit(env):
     c, key, t = env["client"], env["key"], env["teacher"]
-    # 5 seeds x 1 student x (scratch + 2 attacks) = 15 runs > 12
+    # 5 seeds x 1 student x (scratch + label smoothing + 2 attacks) = 20 runs > 12
     doc = _problem(c.post("/v1/audits", json=h.tiny_audit(t, seeds=5), headers=h.auth(key)), 422)
-    assert doc["limit"] == "max_runs_per_audit" and doc["limit_value"] == 12 and doc["requested"] == 15
+    assert doc["limit"] == "max_runs_per_audit" and doc["limit_value"] == 12 and doc["requested"] == 20
     assert "max_runs_per_audit" in doc["detail"] and doc["type"].endswith("limit-exceeded")
 
 

@@ -53,7 +53,9 @@ def test_upload_stores_content_addressed(env):
     assert t["architecture"] == h.TEACHER_ARCH and t["num_classes"] == 10 and t["in_channels"] == 1
     assert t["format"] == "safetensors" and t["parameters"] > 0
     path = env["settings"].resolved_storage_dir / t["sha256"][:2] / t["sha256"][2:4] / t["sha256"]
-    assert path.is_file() and path.stat().st_size == t["size_bytes"]
+    # sealed at rest (store/crypto.py): header + the bytes + one GCM tag per 1 MiB chunk
+    assert path.is_file() and path.read_bytes()[:5] == b"KDAE\x01"
+    assert path.stat().st_size == t["size_bytes"] + 20 + 16 * max(1, -(-t["size_bytes"] // (1 << 20)))
     r = env["client"].get(t["links"]["self"], headers=h.auth(env["alice"]))
     assert r.status_code == 200 and r.json()["id"] == t["id"]
 
@@ -241,10 +243,10 @@ def test_threat_model_sweep_and_panel_through_the_api(env):
     assert r.status_code == 202, r.text
     doc = r.json()
     assert doc["config"]["threat"] == {"output": "top3", "query_budget": 5000, "billing": "distinct"}
-    # base: scratch, normal_kd and the panel's skeptical (no DFAD: top-3 hides scores); the panel's tau 1, tau 20 and
-    # AC stage 1; label-only, which is both a panel entry (normal_kd) and the sweep's point (normal_kd, skeptical):
-    # one setting with the union; fraction 0.5: scratch, normal_kd, skeptical
-    assert doc["progress"]["runs_total"] == 3 + 3 + 2 + 3
+    # base: scratch, label smoothing, normal_kd and the panel's skeptical (no DFAD: top-3 hides scores); the panel's
+    # tau 1, tau 20 and AC stage 1; label-only, which is both a panel entry (normal_kd) and the sweep's point (normal_kd,
+    # skeptical): one setting with the union; fraction 0.5: scratch, label smoothing, normal_kd, skeptical
+    assert doc["progress"]["runs_total"] == 4 + 3 + 2 + 4
     doc = _problem(c.post("/v1/audits", json=h.tiny_audit(t["id"], attacks=["datafree_dfad"], threat={"output": "label"}),
                           headers=h.auth(alice)), 422)
     assert "needs a score for every class" in doc["detail"]

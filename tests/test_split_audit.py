@@ -13,7 +13,7 @@ def test_parts_by_seed_then_assembly_equal_one_process():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     teacher = build_model("cnn-8-16-16-32", 10, 1).eval()
-    cfg = AuditConfig(teacher_arch="cnn-8-16-16-32", seeds=2, schedule={"epochs": 1}, attacks=["normal_kd", "skeptical"],
+    cfg = AuditConfig(teacher_arch="cnn-8-16-16-32", force=True, seeds=2, schedule={"epochs": 1}, attacks=["normal_kd", "skeptical"],
                       sweep={"outputs": ["label"]})
     whole = run_audit(cfg, teacher, "t")
     done: dict = {}
@@ -46,7 +46,7 @@ def test_assembly_reuses_the_test_answers_of_the_same_teacher():
             return inner(x)
 
     teacher = Counting()
-    cfg = AuditConfig(teacher_arch="cnn-8-16-16-32", seeds=1, schedule={"epochs": 1}, attacks=["normal_kd"],
+    cfg = AuditConfig(teacher_arch="cnn-8-16-16-32", force=True, seeds=1, schedule={"epochs": 1}, attacks=["normal_kd"],
                       threat={"billing": "every"})
     done: dict = {}
     run_audit(cfg, teacher, "t", only_seeds={0}, progress=lambda e: done.update({e.run_key: e.record}) if e.kind == "run_finished" else None)

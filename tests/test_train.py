@@ -47,7 +47,8 @@ def test_late_window_selection_never_picks_early_epochs(splits, teacher):
 
 
 def test_run_audit_progress_resume_and_cancel(splits, teacher):
-    cfg = AuditConfig(teacher_arch="cnn-8-8-8-16", students=["cnn-4-8-8-16"], seeds=1, schedule={"epochs": 2})
+    cfg = AuditConfig(teacher_arch="cnn-8-8-8-16", students=["cnn-4-8-8-16"], seeds=1, schedule={"epochs": 2},
+                      force=True)  # a random teacher: past the sanity gate (distill/gate.py)
     events: list[ProgressEvent] = []
     report = run_audit(cfg, teacher, "x", progress=events.append)
     keys = [r.key for r in plan_runs(cfg)]

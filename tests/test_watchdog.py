@@ -35,7 +35,7 @@ def nan_teacher(splits) -> NaNOnBrightImages:
 def test_nan_teacher_is_caught_reported_and_not_averaged_in():
     splits = load_splits("digits")
     teacher = nan_teacher(splits)
-    cfg = AuditConfig(teacher_arch="cnn-8-8-8-16", attacks=["normal_kd"], seeds=1, schedule={"epochs": 2}, device="cpu")
+    cfg = AuditConfig(teacher_arch="cnn-8-8-8-16", force=True, attacks=["normal_kd"], seeds=1, schedule={"epochs": 2}, device="cpu")
     report = run_audit(cfg, teacher, "x")
     kd = next(r for r in report.runs if r.kind == "normal_kd")
     assert kd.status == "diverged" and "non-finite" in (kd.diverged_reason or "")
@@ -70,9 +70,10 @@ def test_stuck_at_chance_rule():
 
 def test_a_diverged_seed_is_excluded_from_the_mean():
     splits = load_splits("digits")
-    cfg = AuditConfig(teacher_arch="cnn-8-8-8-16", attacks=["normal_kd"], seeds=2, device="cpu")
+    cfg = AuditConfig(teacher_arch="cnn-8-8-8-16", force=True, attacks=["normal_kd"], seeds=2, device="cpu")
     runs = plan_runs(cfg)
     acc = {"scratch/cnn-4-8-8-16/seed0": 90.0, "scratch/cnn-4-8-8-16/seed1": 92.0,
+           "scratch_ls/cnn-4-8-8-16/seed0": 90.5, "scratch_ls/cnn-4-8-8-16/seed1": 91.5,
            "normal_kd/cnn-4-8-8-16/seed0": 95.0, "normal_kd/cnn-4-8-8-16/seed1": 10.0}
     records = {
         r.key: RunRecord(kind=r.kind, student=r.student, seed=r.seed, test_accuracy=acc[r.key], best_epoch=1,
@@ -83,7 +84,7 @@ def test_a_diverged_seed_is_excluded_from_the_mean():
     report = assemble_report(cfg, runs, records, splits, 97.0, "x", torch.device("cpu"), 1.0)
     kd = next(a for a in report.attacks if a.attack == "normal_kd")
     assert kd.accuracy == AccuracyStats.of([95.0]) and kd.excluded_runs == 1
-    assert len(report.runs) == 4  # the diverged run is still listed
+    assert len(report.runs) == 6  # the diverged run is still listed
 
 
 def test_retries_share_the_runs_query_budget():
@@ -91,7 +92,7 @@ def test_retries_share_the_runs_query_budget():
     splits = load_splits("digits")
     teacher = nan_teacher(splits)
     budget = 1500  # the first attempt's two epochs (2 x 1,024 images) already overspend it
-    cfg = AuditConfig(teacher_arch="cnn-8-8-8-16", attacks=["normal_kd"], seeds=1, schedule={"epochs": 2, "batch_size": 64},
+    cfg = AuditConfig(teacher_arch="cnn-8-8-8-16", force=True, attacks=["normal_kd"], seeds=1, schedule={"epochs": 2, "batch_size": 64},
                       device="cpu", threat={"query_budget": budget, "billing": "every"})
     report = run_audit(cfg, teacher, "x")
     kd = next(r for r in report.runs if r.kind == "normal_kd")

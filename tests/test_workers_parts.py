@@ -49,7 +49,7 @@ def new_split_audit(world, seeds=2, parts=2, epochs=1, teacher_id=None) -> tuple
     from kdaudit.distill.config import AuditConfig
     from kdaudit.distill.runner import plan_runs
 
-    cfg = AuditConfig(teacher_arch=h.TEACHER_ARCH, students=["cnn-4-8-8-16"], attacks=["normal_kd"], seeds=seeds,
+    cfg = AuditConfig(teacher_arch=h.TEACHER_ARCH, force=True, students=["cnn-4-8-8-16"], attacks=["normal_kd"], seeds=seeds,
                       device="cpu", schedule={"epochs": epochs})  # fmt: skip
     config = cfg.model_dump(mode="json")
     total = len(plan_runs(cfg))
@@ -118,7 +118,7 @@ def test_migration_0002_up_down_up(tmp_path):
     command.downgrade(migrate.alembic_config(url), "0001")
     assert migrate.current_revision(url) == "0001"
     command.upgrade(migrate.alembic_config(url), "head")
-    assert migrate.current_revision(url) == "0002" and schema_diff(url) == []
+    assert migrate.current_revision(url) == migrate.head_revision() and schema_diff(url) == []
 
 
 # ---------------------------------------------------------------- the part tasks
@@ -140,8 +140,11 @@ def test_parts_then_last_finisher_assembles_once(world):
     assert a.claimed_by == "w0" and a.current_run is None
     report = report_of(world, aid)
     runs = runs_of(world, aid)
-    assert len(report.body["runs"]) == len(runs) == total and report.body["summary"]["verdict"]
-    assert sorted(r["test_accuracy"] for r in report.body["runs"]) == sorted(r.test_accuracy for r in runs.values())
+    from kdaudit.store.reports import open_report
+
+    body = open_report(world["settings"], aid, report.body)  # sealed at rest
+    assert len(body["runs"]) == len(runs) == total and body["summary"]["verdict"]
+    assert sorted(r["test_accuracy"] for r in body["runs"]) == sorted(r.test_accuracy for r in runs.values())
     # idempotent: a second assembly (or part) finds the report and does nothing
     assert execute_assembly(aid, world["settings"], wid="late") == "skipped: audit is succeeded"
     assert execute_part(aid, 0, world["settings"], wid="late").startswith("skipped")

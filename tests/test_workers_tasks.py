@@ -19,6 +19,7 @@ import service_helpers as h  # noqa: E402
 from kdaudit.store import repo  # noqa: E402
 from kdaudit.store.files import FileStore  # noqa: E402
 from kdaudit.store.models import Audit, utcnow  # noqa: E402
+from kdaudit.store.reports import open_report  # noqa: E402
 from kdaudit.workers.tasks import execute_audit  # noqa: E402
 
 
@@ -33,7 +34,8 @@ def new_audit(world, epochs: int = 1, teacher_id: str | None = None, **over) -> 
     from kdaudit.distill.runner import plan_runs
 
     cfg = AuditConfig(
-        teacher_arch=h.TEACHER_ARCH, students=["cnn-4-8-8-16"], seeds=1, device="cpu", schedule={"epochs": epochs}, **over
+        teacher_arch=h.TEACHER_ARCH, students=["cnn-4-8-8-16"], seeds=1, device="cpu", schedule={"epochs": epochs},
+        **{"force": True, **over},  # the world's teacher has random weights: past the sanity gate
     )
     total = len(plan_runs(cfg))
     with world["sessions"]() as s:
@@ -69,7 +71,8 @@ def test_duplicate_delivery_runs_once(world):
     assert a.status == "succeeded" and a.attempts == 1 and a.runs_done == total
     with world["sessions"]() as s:
         report = repo.get_report(s, aid)
-    assert report is not None and report.body["schema"] == "kdaudit.report/v1"
+    assert report is not None and report.body.get("kdaudit_sealed")  # sealed at rest
+    assert open_report(world["settings"], aid, report.body)["schema"] == "kdaudit.report/v1"
 
 
 def _run_in_thread(world, aid, **kw):
@@ -139,7 +142,7 @@ def test_resume_keeps_recorded_runs(world):
     a = audit_row(world, aid)
     assert a.attempts == 2 and a.claimed_by == "rescuer"
     with world["sessions"]() as s:
-        body = repo.get_report(s, aid).body
+        body = open_report(world["settings"], aid, repo.get_report(s, aid).body)
     assert 12.345 in [r["test_accuracy"] for r in body["runs"]]
 
 

@@ -77,7 +77,7 @@ def celery_config(settings: ServiceSettings) -> dict[str, Any]:
 def make_celery(settings: Settings | None = None, *, include_tasks: bool = False) -> Celery:
     """A Celery app for `settings`. Producers leave `include_tasks` False."""
     s = coerce_settings(settings)
-    celery = Celery("kdaudit", include=["kdaudit.workers.tasks"] if include_tasks else [])
+    celery = Celery("kdaudit", include=["kdaudit.workers.tasks", "kdaudit.workers.selftest_task"] if include_tasks else [])
     celery.conf.update(celery_config(s))
     celery.conf.kdaudit_settings = s
     return celery

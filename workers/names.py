@@ -9,4 +9,6 @@ TASK_RUN_PART = "kdaudit.run_audit_part"
 #: assemble a split audit's report once its parts all succeeded (sent by the orphan sweep only:
 #: normally the last part to finish assembles in place)
 TASK_ASSEMBLE = "kdaudit.assemble_audit"
-TASKS = (TASK_RUN_AUDIT, TASK_RUN_PART, TASK_ASSEMBLE)
+#: the operator self-test (args: run id): trains a tiny digits audit on a worker, never in the API
+TASK_SELFTEST = "kdaudit.selftest"
+TASKS = (TASK_RUN_AUDIT, TASK_RUN_PART, TASK_ASSEMBLE, TASK_SELFTEST)

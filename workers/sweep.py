@@ -14,9 +14,11 @@ import logging
 
 from celery import Celery
 
-from kdaudit.store import repo
+from kdaudit.store import lifecycle, repo
 from kdaudit.store.db import session_factory
+from kdaudit.store.files import FileStore
 from kdaudit.store.settings import ServiceSettings
+from kdaudit.workers.checkpoint_gc import sweep_checkpoints
 from kdaudit.workers.names import TASK_ASSEMBLE, TASK_RUN_AUDIT, TASK_RUN_PART
 
 log = logging.getLogger("kdaudit.sweep")
@@ -44,4 +46,23 @@ def sweep_once(celery: Celery, settings: ServiceSettings) -> repo.Sweep:
     for audit_id in result.assemble:
         log.warning("dispatching the assembly of audit %s: its parts all succeeded, nobody assembled it", audit_id)
         celery.send_task(TASK_ASSEMBLE, args=[audit_id])
+    sweep_retention(settings)
+    sweep_checkpoints(settings)  # failed/cancelled audits' checkpoints, after checkpoint_retention_seconds
     return result
+
+
+def sweep_retention(settings: ServiceSettings) -> lifecycle.Retention:
+    """Enforce the retention settings (teacher_retention_days, report_retention_days) and remove
+    leftovers of deleted audits (see `kdaudit.store.lifecycle.sweep_retention`)."""
+    with session_factory(settings.resolved_database_url)() as session:
+        done = lifecycle.sweep_retention(
+            session,
+            FileStore(settings.resolved_storage_dir),
+            settings.data_dir,
+            settings.teacher_retention_days,
+            settings.report_retention_days,
+        )
+    if done.teachers or done.audits or done.files:
+        log.info("retention: deleted %d teacher(s), %d audit(s), %d unreferenced file(s)",
+                 len(done.teachers), len(done.audits), len(done.files))  # fmt: skip
+    return done

@@ -20,9 +20,11 @@ to `execute_assembly`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import uuid
@@ -165,9 +167,9 @@ def _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat)
             close = getattr(model, "close", None)  # a remote teacher's pooled connections
             if callable(close):
                 close()
-        return _store_report(session, audit_id, wid, report, "finished")
+        return _store_report(session, settings, audit_id, wid, report, "finished")
     except Exception as e:  # a bug's traceback goes to the worker log, not to the API
-        return _end_audit(session, audit_id, wid, e, "")
+        return _end_audit(session, settings, audit_id, wid, e, "")
 
 
 def _teacher_loader(settings: ServiceSettings, teacher) -> Callable[[], Any]:
@@ -192,9 +194,18 @@ def _teacher_loader(settings: ServiceSettings, teacher) -> Callable[[], Any]:
     path = files.path_for(teacher.sha256)
     if not path.is_file():
         raise CheckpointError(f"teacher file {teacher.sha256[:12]}... is missing from the file store")
-    return lambda: load_teacher(
-        path, teacher.architecture, teacher.num_classes, teacher.in_channels, fmt=teacher.format, settings=settings
-    )
+
+    def local():
+        from kdaudit.store.crypto import keyring
+        from kdaudit.store.sealed_files import plaintext
+
+        # sealed at rest: decrypted into a private temp folder that is gone once the model is in memory
+        with plaintext(files, teacher.sha256, keyring(settings)) as plain:
+            return load_teacher(
+                plain, teacher.architecture, teacher.num_classes, teacher.in_channels, fmt=teacher.format, settings=settings
+            )
+
+    return local
 
 
 def _close(model: Any) -> None:
@@ -203,20 +214,34 @@ def _close(model: Any) -> None:
         close()
 
 
-def _store_report(session, audit_id: str, wid: str, report, verb: str) -> str:
-    """Store a finished audit's report unless another worker took the audit over meanwhile."""
-    if repo.store_report(session, audit_id, wid, json.loads(report.to_json())):
+def _store_report(session, settings, audit_id: str, wid: str, report, verb: str) -> str:
+    """Store a finished audit's report (sealed at rest) unless another worker took the audit over meanwhile."""
+    from kdaudit.store.reports import seal_report
+
+    seal = functools.partial(seal_report, settings, audit_id)
+    if repo.store_report(session, audit_id, wid, json.loads(report.to_json()), seal=seal):
         log.info("audit %s succeeded", audit_id)
         return "succeeded"
     log.warning("audit %s %s here but this worker no longer owns it; report dropped", audit_id, verb)
     return "skipped: lost claim"
 
 
-def _end_audit(session, audit_id: str, wid: str, e: Exception, what: str) -> str:
+def _forget_if_deleted(session, settings, audit_id: str) -> None:
+    """The owner deleted the audit while it ran (DELETE ...?cancel=true): remove the checkpoints
+    this worker may have written after the delete removed the folder."""
+    from kdaudit.store.lifecycle import checkpoint_dir
+
+    if repo.get_audit(session, None, audit_id) is None:
+        shutil.rmtree(checkpoint_dir(settings.data_dir, audit_id), ignore_errors=True)
+        log.info("audit %s was deleted while it ran; its checkpoints are removed", audit_id)
+
+
+def _end_audit(session, settings, audit_id: str, wid: str, e: Exception, what: str) -> str:
     """Finish the audit after an exception: cancelled by its owner, or failed with one line."""
     session.rollback()
     if isinstance(e, CancelledError):
         repo.finish_audit(session, audit_id, wid, "cancelled", "cancelled by its owner")
+        _forget_if_deleted(session, settings, audit_id)
         log.info("audit %s cancelled", audit_id)
         return "cancelled"
     repo.finish_audit(session, audit_id, wid, "failed", _failure(audit_id, what, e))
@@ -330,6 +355,7 @@ def _run_part(session, settings, audit_id, part, seeds, wid, teacher, config_dat
     except CancelledError:
         session.rollback()
         repo.finish_part(session, audit_id, part, wid, "cancelled", "cancelled by its owner")
+        _forget_if_deleted(session, settings, audit_id)
         log.info("audit %s part %d stopped (cancelled, or the audit ended)", audit_id, part)
         return "cancelled"
     except Exception as e:
@@ -371,9 +397,9 @@ def _assemble(session, settings, audit_id, wid, config, model, teacher_sha256) -
             data_root=settings.datasets_dir,
             checkpoint_dir=settings.data_dir / "checkpoints" / audit_id,
         )
-        return _store_report(session, audit_id, wid, report, "assembled")
+        return _store_report(session, settings, audit_id, wid, report, "assembled")
     except Exception as e:
-        return _end_audit(session, audit_id, wid, e, " (assembly)")
+        return _end_audit(session, settings, audit_id, wid, e, " (assembly)")
     finally:
         beat.stop.set()
 

@@ -158,7 +158,7 @@
         select.appendChild(el("option", { value: "", text: "— upload a teacher first —" }));
       }
       for (const t of doc.items) {
-        const opt = el("option", { value: t.id, text: `${t.filename} · ${t.architecture} · ${t.dataset} · ${t.id.slice(0, 8)}` });
+        const opt = el("option", { value: t.id, text: `${t.filename} · ${t.architecture || t.format} · ${t.dataset} · ${t.id.slice(0, 8)}` });
         select.appendChild(opt);
       }
       if (keep && teachers.has(keep)) select.value = keep;
@@ -183,7 +183,7 @@
     const t = teachers.get(a.teacher_id);
     const cfg = a.config || {};
     const what = [
-      t ? `${t.architecture} (${t.filename})` : `teacher ${a.teacher_id.slice(0, 8)}`,
+      t ? `${t.architecture || t.format} (${t.filename})` : `teacher ${a.teacher_id.slice(0, 8)}`,
       cfg.dataset,
       cfg.students ? `students ${cfg.students.join(", ")}` : null,
       cfg.seeds ? `${cfg.seeds} seed${cfg.seeds > 1 ? "s" : ""}` : null,
@@ -195,6 +195,22 @@
     const frac = (a.progress && a.progress.fraction) || 0;
     const bar = el("progress", { max: "1", value: String(frac), "aria-label": `Progress of audit ${a.id}` });
     const actions = el("div", { class: "actions" });
+    if (FINISHED.includes(a.status)) {
+      // deleting removes the report, runs and checkpoints for good: ask first
+      const d = el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete audit ${a.id}` });
+      d.addEventListener("click", async () => {
+        if (!window.confirm(`Delete audit ${a.id.slice(0, 8)} and its report? This cannot be undone.`)) return;
+        d.disabled = true;
+        try {
+          await api("DELETE", `/v1/audits/${encodeURIComponent(a.id)}`);
+          flash(`Audit ${a.id.slice(0, 8)} deleted.`);
+        } catch (e) {
+          showError($("audits-error"), e);
+        }
+        refreshAudits();
+      });
+      actions.appendChild(d);
+    }
     if (a.status === "succeeded") {
       actions.appendChild(el("a", { href: `/audits/${encodeURIComponent(a.id)}/report`, class: "report-link", text: "Open report" }));
     } else if (!FINISHED.includes(a.status) && !a.cancel_requested) {
@@ -272,18 +288,22 @@
       const file = $("teacher-file").files[0];
       const arch = $("teacher-arch").value.trim();
       if (!file) return showError($("upload-error"), "Choose a checkpoint file to upload.");
-      if (!arch) return showError($("upload-error"), "Enter the teacher's architecture, e.g. cnn-32-64-64-128.");
+      const isOnnx = file && file.name.toLowerCase().endsWith(".onnx");
+      if (!arch && !isOnnx) return showError($("upload-error"), "Enter the teacher's architecture, e.g. cnn-32-64-64-128 (not needed for ONNX).");
       const data = new FormData();
       data.append("file", file, file.name);
-      data.append("architecture", arch);
+      if (arch) data.append("architecture", arch);
       data.append("dataset", $("teacher-dataset").value);
+      data.append("preprocess", $("teacher-preprocess").value);
+      const expected = $("teacher-expected").value.trim();
+      if (expected) data.append("expected_accuracy", expected);
       const button = $("upload-button");
       button.disabled = true;
       button.textContent = "Uploading…";
       try {
         const t = await api("POST", "/v1/teachers", { form: data });
         const r = $("upload-result");
-        r.textContent = `Uploaded teacher ${t.id}: ${t.architecture}, ${t.format}, ` +
+        r.textContent = `Uploaded teacher ${t.id}: ${t.architecture || "black box"}, ${t.format}, ` +
           `${t.parameters.toLocaleString()} parameters, ${formatBytes(t.size_bytes)}.`;
         r.hidden = false;
         form.reset();
@@ -295,6 +315,25 @@
         button.disabled = false;
         button.textContent = "Upload";
       }
+    });
+
+    $("teacher-delete").addEventListener("click", async () => {
+      clear($("audit-error"));
+      const t = teachers.get($("audit-teacher").value);
+      if (!t) return showError($("audit-error"), "Choose the teacher to delete.");
+      const ok = window.confirm(
+        `Delete teacher ${t.filename} (${t.id.slice(0, 8)}) with all its audits and reports? ` +
+        "Its running audits are stopped and its file is erased from the server. This cannot be undone.");
+      if (!ok) return;
+      try {
+        await api("DELETE", `/v1/teachers/${encodeURIComponent(t.id)}?cancel=true`);
+        flash(`Teacher ${t.filename} deleted.`);
+      } catch (e) {
+        if (e.status === 401) return signOut(e);
+        return showError($("audit-error"), e);
+      }
+      await loadTeachers();
+      refreshAudits();
     });
 
     $("audit-form").addEventListener("submit", async (ev) => {

@@ -1,0 +1,109 @@
+"""The teacher sanity gate: measure the teacher before any student trains.
+
+A teacher fed the wrong preprocessing still answers, just worse (an ONNX digits teacher at
+99.2 % scored 87.8 % on standardised inputs), and every student number after that is about a
+crippled teacher. So the audit first measures the teacher on the test split under its
+declared input contract and stops when
+
+* the owner declared an expected accuracy and the measured one is more than
+  `EXPECTED_TOLERANCE_PTS` below it, or
+* the teacher is within 2x of chance (accuracy <= 2 x 100 / classes),
+
+with one error that lists the accuracy under every preset that fits the images and names the
+one that restores it. `force` runs anyway; the report then says the check failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from kdaudit.core.errors import InputError
+from kdaudit.distill.preprocess import TeacherInput, fitting_presets
+from kdaudit.distill.teacher_input import apply_contract
+
+#: how far below the owner's expected accuracy the measured one may be, points
+EXPECTED_TOLERANCE_PTS = 2.0
+GATE_RULE = (
+    f"the teacher is measured on the test split before any student trains; the audit stops if it scores more than "
+    f"{EXPECTED_TOLERANCE_PTS:g} pts below the owner's expected accuracy, or at most twice chance"
+)
+
+
+class TeacherSanityError(InputError):
+    """The teacher scores far below what it should: most likely the wrong input preprocessing."""
+
+    context = "teacher sanity check"
+
+
+@dataclass
+class GateResult:
+    accuracy: float
+    passed: bool
+    forced: bool = False
+    message: str | None = None
+    #: accuracy (percent) under each preset that fits, measured only when the check failed
+    presets: dict[str, float] = field(default_factory=dict)
+    suggestion: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "forced": self.forced, "rule": GATE_RULE, "message": self.message,
+                "preset_accuracies": self.presets or None, "suggestion": self.suggestion}
+
+
+def _failure(acc: float, expected: float | None, num_classes: int) -> str | None:
+    chance = 100.0 / num_classes
+    if expected is not None and acc < expected - EXPECTED_TOLERANCE_PTS:
+        return f"it scores {acc:.1f} % on the test split, more than {EXPECTED_TOLERANCE_PTS:g} pts below the expected {expected:.1f} %"
+    if acc <= 2 * chance:
+        return f"it scores {acc:.1f} % on the test split, within 2x of chance ({chance:.1f} %)"
+    return None
+
+
+def check_teacher_sanity(
+    raw_teacher: nn.Module,
+    contract: TeacherInput,
+    accuracy: float,
+    *,
+    num_classes: int,
+    channels: int,
+    dataset_mean: tuple[float, ...],
+    dataset_std: tuple[float, ...],
+    measure: Callable[[nn.Module], float],
+    expected: float | None = None,
+    force: bool = False,
+) -> GateResult:
+    """Pass, or raise `TeacherSanityError` naming the preset that restores the accuracy.
+
+    `accuracy` is the teacher's measured under `contract`; `measure(teacher)` measures another
+    wrapping of `raw_teacher` (called only when the check fails, once per fitting preset).
+    """
+    why = _failure(accuracy, expected, num_classes)
+    if why is None:
+        return GateResult(accuracy=accuracy, passed=True)
+    presets: dict[str, float] = {contract.preset: round(accuracy, 2)} if contract.preset != "custom" else {}
+    with torch.no_grad():
+        for p in fitting_presets(channels):
+            if p.preset in presets or p == contract:
+                continue
+            wrapped = apply_contract(raw_teacher, p, channels, dataset_mean, dataset_std)
+            presets[p.preset] = round(measure(wrapped), 2)
+    best = max(presets, key=lambda k: presets[k]) if presets else None
+    restores = best is not None and best != contract.preset and _failure(presets[best], expected, num_classes) is None
+    ours = f"`--preprocess {contract.preset}`" if contract.preset != "custom" else "the declared mean/std"
+    message = f"the teacher looks crippled: {why}. "
+    if restores:
+        message += (f"The teacher scores {accuracy:.1f} % with {ours} and {presets[best]:.1f} % with "
+                    f"`--preprocess {best}`: did you mean `{best}`? ")
+    else:
+        message += "No preprocessing preset restores it (check the teacher file, the dataset and the class order). "
+    message += "Accuracy under every preset that fits: " + ", ".join(f"{k} {v:.1f} %" for k, v in presets.items())
+    message += ". Use --force to audit it anyway."
+    result = GateResult(accuracy=accuracy, passed=False, forced=force, message=message, presets=presets,
+                        suggestion=best if restores else None)
+    if not force:
+        raise TeacherSanityError(message)
+    return result
