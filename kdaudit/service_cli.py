@@ -311,6 +311,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             fraction=args.fraction,
             dataset=args.dataset,
             device=args.device,
+            force=True if args.force else None,
         )
     if args.json:
         _print(doc)
@@ -472,6 +473,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fraction", type=float)
     p.add_argument("--dataset")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--force", action="store_true", help="run even if the teacher sanity check fails (the report says so)")
     p.add_argument("--idempotency-key", help="retries with the same key return the same audit")
     p.set_defaults(func=cmd_submit)
 

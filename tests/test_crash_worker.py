@@ -88,13 +88,13 @@ def test_sigkill_mid_audit_resumes_without_recomputing(tmp_path):
             while True:
                 a = _audit(url, aid)
                 assert a.status in ("queued", "running"), (a, first_log.read_text()[-3000:])
-                if a.runs_done == 3 and a.current_run and a.current_run.endswith("seed1") and (a.current_epoch or 0) >= 2:
+                if a.runs_done == 4 and a.current_run and a.current_run.endswith("seed1") and (a.current_epoch or 0) >= 2:
                     break
                 assert time.monotonic() < deadline, (a, first_log.read_text()[-3000:])
                 time.sleep(0.05)
             assert a.current_epoch < EPOCHS, "the audit finished seed 1 before we could kill it"
             before = {r.run_key: r for r in _runs(url, aid)}
-            assert len(before) == 3 and all(k.endswith("seed0") for k in before)
+            assert len(before) == 4 and all(k.endswith("seed0") for k in before)
             killed_at_epoch, first_owner = a.current_epoch, a.claimed_by
             os.kill(first.pid, signal.SIGKILL)
             first.wait(10)

@@ -81,7 +81,7 @@ def test_embedded_flow_through_the_cli(server):
     assert r.returncode == 0, r.stderr
     teacher_id = r.stdout.strip()
 
-    r = cli(server, "submit", teacher_id, "--students", "cnn-4-8-8-16", "--seeds", "1", "--epochs", "1", key=key)
+    r = cli(server, "submit", teacher_id, "--students", "cnn-4-8-8-16", "--seeds", "1", "--epochs", "1", "--force", key=key)
     assert r.returncode == 0, r.stderr
     audit_id = r.stdout.strip()
 

@@ -64,7 +64,7 @@ def _split_audit_on_two_workers(settings, root: Path, monkeypatch) -> None:
     # each worker trained one part
     assert [(p.part, p.seeds, p.status, p.attempts) for p in parts] == [(0, [0], "succeeded", 1), (1, [1], "succeeded", 1)]
     assert parts[0].claimed_by != parts[1].claimed_by, text
-    assert {r.seed for r in runs} == {0, 1} and len({r.run_key for r in runs}) == len(runs) == 4
+    assert {r.seed for r in runs} == {0, 1} and len({r.run_key for r in runs}) == len(runs) == 6
     # assembled once, by the last part to finish (one of the two workers)
     assert text.count(f"audit {aid} report assembled by") == 1, text
     assert audit.claimed_by in {p.claimed_by for p in parts} and audit.attempts == 1
