@@ -88,6 +88,31 @@ def make_teacher_file(path: Path, arch: str = TEACHER_ARCH, seed: int = 0) -> Pa
     return path
 
 
+def make_trained_teacher_file(path: Path, arch: str = TEACHER_ARCH, seed: int = 0, epochs: int = 5) -> Path:
+    """A digits teacher trained briefly on kdaudit's own normalisation: passes the sanity gate
+    (far above chance), for tests that go through the UI, which has no `force` switch."""
+    import torch
+    import torch.nn.functional as F
+
+    from kdaudit.distill.data import load_splits
+    from kdaudit.models.checkpoints import save_teacher
+    from kdaudit.models.registry import build_model
+
+    torch.manual_seed(seed)
+    splits = load_splits("digits")
+    model = build_model(arch, 10, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(splits.x_train)).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(splits.x_train[idx]), splits.y_train[idx]).backward()
+            opt.step()
+    model.eval()
+    save_teacher(model, path)
+    return path
+
+
 def tiny_audit(teacher_id: str, **over: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "teacher_id": teacher_id,

@@ -81,7 +81,7 @@ def server(tmp_path_factory):
         while not srv.started:
             assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
-        teacher = h.make_teacher_file(root / "demo-teacher.safetensors", arch=h.TEACHER_ARCH)
+        teacher = h.make_trained_teacher_file(root / "demo-teacher.safetensors", arch=h.TEACHER_ARCH)
         yield {"url": f"http://127.0.0.1:{port}", "key": key, "root": root, "teacher": teacher,
                "worker_log": root / "worker.log"}  # fmt: skip
     finally:
@@ -179,7 +179,7 @@ def test_sign_in_upload_audit_and_read_the_report(server, page, browser):
         assert time.monotonic() < deadline, (seen, server["worker_log"].read_text()[-3000:])
         time.sleep(0.25)
     assert status == "succeeded", (item.inner_text(), server["worker_log"].read_text()[-3000:])
-    assert "3/3 runs" in item.inner_text() and len(progress) >= 2, progress  # it moved while we watched
+    assert "4/4 runs" in item.inner_text() and len(progress) >= 2, progress  # it moved while we watched
     assert "thief sees label" in item.inner_text() and "budget 100000 queries/run" in item.inner_text()
     pg.screenshot(path=_artifact("audits.png"), full_page=True)
 
