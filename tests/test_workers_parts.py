@@ -76,6 +76,9 @@ def runs_of(world, aid) -> dict:
         return {r.run_key: r for r in repo.list_runs(s, aid)}
 
 
+from kdaudit.store.reports import open_report  # noqa: E402
+
+
 def report_of(world, aid):
     with world["sessions"]() as s:
         return repo.get_report(s, aid)
@@ -140,7 +143,6 @@ def test_parts_then_last_finisher_assembles_once(world):
     assert a.claimed_by == "w0" and a.current_run is None
     report = report_of(world, aid)
     runs = runs_of(world, aid)
-    from kdaudit.store.reports import open_report
 
     body = open_report(world["settings"], aid, report.body)  # sealed at rest
     assert len(body["runs"]) == len(runs) == total and body["summary"]["verdict"]
@@ -155,11 +157,11 @@ def test_parts_then_last_finisher_assembles_once(world):
         whole, _ = repo.create_audit(s, tenant_id=a.tenant_id, teacher_id=a.teacher_id, config=a.config,
                                      runs_total=total, epochs=1, request_hash=uuid.uuid4().hex)  # fmt: skip
     assert execute_audit(whole.id, world["settings"]) == "succeeded"
-    one = report_of(world, whole.id).body
+    one = open_report(world["settings"], whole.id, report_of(world, whole.id).body)
     assert [(r["kind"], r["seed"], r["test_accuracy"]) for r in one["runs"]] == [
-        (r["kind"], r["seed"], r["test_accuracy"]) for r in report.body["runs"]
+        (r["kind"], r["seed"], r["test_accuracy"]) for r in body["runs"]
     ]
-    assert one["summary"]["verdict"] == report.body["summary"]["verdict"]
+    assert one["summary"]["verdict"] == body["summary"]["verdict"]
 
 
 def test_claim_assembly_wins_once_and_only_when_every_part_succeeded(world):
@@ -211,7 +213,7 @@ def test_redelivered_part_keeps_recorded_runs(world):
     assert p0.claimed_by == "rescuer" and p0.attempts == 2
     runs = runs_of(world, aid)
     assert len(runs) == total and runs[first.key].test_accuracy == 12.345  # not trained again
-    assert 12.345 in [r["test_accuracy"] for r in report_of(world, aid).body["runs"]]
+    assert 12.345 in [r["test_accuracy"] for r in open_report(world["settings"], aid, report_of(world, aid).body)["runs"]]
 
 
 def _wait(cond, timeout=90.0, what="condition"):
@@ -311,7 +313,7 @@ def test_sweep_assembles_an_audit_nobody_assembled(world, monkeypatch):
     assert execute_assembly(aid, world["settings"], wid="asm") == "succeeded"
     assert execute_assembly(aid, world["settings"], wid="asm2") == "skipped: audit is succeeded"
     a = audit_row(world, aid)
-    assert a.status == "succeeded" and a.runs_done == total == len(report_of(world, aid).body["runs"])
+    assert a.status == "succeeded" and a.runs_done == total == len(open_report(world["settings"], aid, report_of(world, aid).body)["runs"])
 
 
 # ---------------------------------------------------------------- the API
