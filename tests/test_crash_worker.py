@@ -125,7 +125,7 @@ def test_sigkill_mid_audit_resumes_without_recomputing(tmp_path):
             assert (same.id, same.created_at, same.test_accuracy) == (row.id, row.created_at, row.test_accuracy)
         # ... and were not trained again: the second worker started only seed 1's runs
         log2 = second_log.read_text()
-        assert f"audit {aid} resumes" in log2 and "3 finished run(s) kept" in log2
+        assert f"audit {aid} resumes" in log2 and "4 finished run(s) kept" in log2
         for k in before:
             assert f"audit {aid} run started: {k}" not in log2
         for kind in ("scratch", "normal_kd", "skeptical"):
