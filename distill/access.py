@@ -1,9 +1,8 @@
 """What the thief sees of the teacher, and what it pays for it.
 
 A model sold through an API rarely exposes raw logits. An *output policy* turns the
-teacher's scores into what such an API returns; a `TeacherOracle` sends batches to the
-teacher, counts the images it is billed for, caps them at a query budget and, for a
-remote teacher, never re-sends an image it already asked about.
+teacher's scores into what such an API returns. What the thief pays is metered by
+`TeacherOracle` (distill/oracle.py: billing rules, budget, the grey-box paths).
 
 Every policy yields a *log-space view*: a tensor the KD losses can use in place of
 logits, because they only ever take `softmax(view / tau)`, which is shift-invariant per
@@ -21,30 +20,27 @@ Policy strings (the CLI, the API and sweeps use them):
 | `topK-renorm`    | the K largest probabilities, renormalised to sum to 1             |
 | `roundN`         | probabilities rounded to N decimals (a row rounded to all zeros keeps its top class) |
 | `label`          | the predicted class only (KD becomes training on teacher labels, at tau 1) |
+| `stingyK`        | the K largest logits, the rest -inf ("stingy teacher" sparse logits) |
+| `rsig`, `rsig@B/G` | reverse-sigmoid perturbed probabilities, beta B (1), gamma G (0.1) (IBM ART's ReverseSigmoid) |
+| `noise@S`, `noise@S/seedN` | probabilities + N(0, S^2) noise keyed by seed N (0) and the answer, clipped at 0, renormalised |
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdaudit.core.errors import InputError
+from kdaudit.distill.defences import transforms
 
-PolicyKind = Literal["logits", "probs", "topk", "rounded", "label"]
-Billing = Literal["distinct", "every"]
-#: billing rules, as the report states them
-BILLING_RULES: dict[str, str] = {
-    "distinct": "each distinct image is billed once: the thief caches answers, and a repeated image "
-    "(same bytes, e.g. the same crop of the same training image) is never paid for twice",
-    "every": "every image sent is billed, repeats included (no caching)",
-}
-_SPEC = re.compile(r"^(?:(logits)|(label)|probs(?:@(\d+(?:\.\d+)?))?|top(\d+)(-renorm)?|round(\d+))$")
+PolicyKind = Literal["logits", "probs", "topk", "rounded", "label", "stingy", "rsig", "noise"]
+_NUM = r"(\d+(?:\.\d+)?)"
+_SPEC = re.compile(r"^(?:(logits)|(label)|probs(?:@(\d+(?:\.\d+)?))?|top(\d+)(-renorm)?|round(\d+)"
+                   rf"|stingy(\d+)|(rsig)(?:@{_NUM}(?:/{_NUM})?)?|noise@{_NUM}(?:/seed(\d+))?)$")
 
 
 class OutputPolicy(BaseModel):
@@ -57,13 +53,18 @@ class OutputPolicy(BaseModel):
     k: int | None = Field(default=None, ge=1, le=100_000)
     renormalise: bool = False
     decimals: int | None = Field(default=None, ge=0, le=12)
+    beta: float = Field(default=1.0, gt=0, le=10, description="rsig: magnitude of the reverse-sigmoid perturbation.")
+    gamma: float = Field(default=0.1, gt=0, le=10, description="rsig: its convergence parameter.")
+    sigma: float = Field(default=0.0, ge=0, le=10, description="noise: std of the noise added to each probability.")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="noise: the endpoint's noise seed.")
 
     @classmethod
     def parse(cls, spec: str) -> OutputPolicy:
         m = _SPEC.match(spec.strip().lower())
         if m is None:
             raise InputError(
-                f"unknown output policy {spec!r}: use logits, probs, probs@T, topK, topK-renorm, roundN or label"
+                f"unknown output policy {spec!r}: use logits, probs, probs@T, topK, topK-renorm, roundN, label, "
+                "stingyK, rsig, rsig@B/G, noise@S or noise@S/seedN"
             )
         try:
             return cls._from_groups(*m.groups())
@@ -71,7 +72,14 @@ class OutputPolicy(BaseModel):
             raise InputError(f"output policy {spec!r}: {e.errors()[0]['msg']}") from None
 
     @classmethod
-    def _from_groups(cls, logits, label, temp, k, renorm, decimals) -> OutputPolicy:  # noqa: ANN001 - regex groups
+    def _from_groups(cls, logits, label, temp, k, renorm, decimals, stingy=None, rsig=None, rsig_b=None,  # noqa: ANN001
+                     rsig_g=None, sigma=None, seed=None) -> OutputPolicy:
+        if stingy is not None:
+            return cls(kind="stingy", k=int(stingy))
+        if sigma is not None:
+            return cls(kind="noise", sigma=float(sigma), seed=int(seed or 0))
+        if rsig:
+            return cls(kind="rsig", beta=float(rsig_b or 1.0), gamma=float(rsig_g or 0.1))
         if logits:
             return cls(kind="logits")
         if label:
@@ -90,6 +98,12 @@ class OutputPolicy(BaseModel):
             return f"top{self.k}" + ("-renorm" if self.renormalise else "")
         if self.kind == "rounded":
             return f"round{self.decimals}"
+        if self.kind == "stingy":
+            return f"stingy{self.k}"
+        if self.kind == "rsig":
+            return f"rsig@{self.beta:g}/{self.gamma:g}"
+        if self.kind == "noise":
+            return f"noise@{self.sigma:g}" + (f"/seed{self.seed}" if self.seed else "")
         return self.kind
 
     @property
@@ -110,10 +124,13 @@ class OutputPolicy(BaseModel):
             "topk": f"top-{self.k} probabilities{t}" + (", renormalised" if self.renormalise else ", the rest reported as 0"),
             "rounded": f"probabilities{t} rounded to {self.decimals} decimals",
             "label": "the predicted label only (KD becomes training on the teacher's labels)",
+            "stingy": f"the {self.k} largest logits only (sparse 'stingy' logits, the rest hidden)",
+            "rsig": f"reverse-sigmoid perturbed probabilities{t} (beta {self.beta:g}, gamma {self.gamma:g})",
+            "noise": f"probabilities{t} with Gaussian noise (sigma {self.sigma:g}, seed {self.seed}), clipped and renormalised",
         }[self.kind]
 
     def check_classes(self, num_classes: int) -> None:
-        if self.kind == "topk" and self.k is not None and self.k > num_classes:
+        if self.kind in ("topk", "stingy") and self.k is not None and self.k > num_classes:
             raise InputError(f"output policy {self.spec} asks for {self.k} classes but the task has {num_classes}")
 
     def apply(self, scores: torch.Tensor) -> torch.Tensor:
@@ -122,10 +139,16 @@ class OutputPolicy(BaseModel):
             return scores
         if self.kind == "label":
             return one_hot_log_view(scores.argmax(1), scores.shape[1])
+        if self.kind == "stingy":
+            return transforms.sparse_top_logits(scores, self.k or 1)
         log_p = F.log_softmax(scores.float() / self.temperature, dim=1)
         if self.kind == "probs":
             return log_p
         p = log_p.exp()
+        if self.kind == "rsig":
+            return torch.log(transforms.reverse_sigmoid(p, self.beta, self.gamma))
+        if self.kind == "noise":
+            return torch.log(transforms.seeded_noise(p, self.sigma, self.seed))
         if self.kind == "topk":
             top = p.topk(min(self.k or 1, p.shape[1]), dim=1)
             kept = torch.zeros_like(p).scatter_(1, top.indices, top.values)
@@ -157,80 +180,3 @@ def check_against_response(policy: OutputPolicy, response: str) -> None:
 def parse_policy(spec: str) -> str:
     """Validate a policy spec and return its canonical form (used by config validators)."""
     return OutputPolicy.parse(spec).spec
-
-
-class QueryBudgetExhausted(Exception):
-    """The next batch would take the thief past its query budget; nothing was sent or billed."""
-
-
-class TeacherOracle:
-    """Sends batches to the teacher, bills them per the billing rule, enforces the budget.
-
-    With `distinct` billing each image is fingerprinted (blake2b of its bytes), so a repeat
-    is free. A local teacher still runs the whole batch (its answer for a repeat is the
-    same: eval mode, fixed weights); a remote one is sent only the images it has not
-    answered before, and the cached answers fill the rest, as a real thief would.
-    A batch that would exceed the budget raises `QueryBudgetExhausted` before anything is
-    sent, so `queries` never exceeds the budget.
-    """
-
-    def __init__(self, teacher: torch.nn.Module, *, budget: int | None = None, billing: Billing = "every"):
-        self.teacher = teacher
-        self.budget = budget
-        self.billing = billing
-        self.remote = bool(getattr(teacher, "is_remote", False))
-        self.queries = 0
-        self._seen: dict[int, int] = {}  # 64-bit fingerprint -> row in the answer cache (remote) or -1
-        self._cache: list[torch.Tensor] = []
-
-    def _fingerprints(self, x: torch.Tensor) -> list[int]:
-        """blake2b-64 of each image's bytes: small ints, so a long CIFAR audit's millions stay cheap."""
-        rows = x.detach().float().contiguous().cpu().numpy().reshape(len(x), -1)
-        return [int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in rows]
-
-    def _check(self, new: int) -> None:
-        if self.budget is not None and self.queries + new > self.budget:
-            raise QueryBudgetExhausted(f"{new} more images would exceed the budget of {self.budget} ({self.queries} spent)")
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.billing == "every":
-            self._check(len(x))
-            out = self.teacher(x)
-            out = out[0] if isinstance(out, list) else out
-            self.queries += len(x)
-            return out.float()
-        prints = self._fingerprints(x)
-        fresh = list(dict.fromkeys(p for p in prints if p not in self._seen))
-        self._check(len(fresh))
-        if not self.remote:
-            out = self.teacher(x)
-            out = (out[0] if isinstance(out, list) else out).float()
-            for p in fresh:
-                self._seen[p] = -1
-            self.queries += len(fresh)
-            return out
-        first = {p: i for i, p in reversed(list(enumerate(prints)))}
-        if fresh:
-            answers = self.teacher(x[[first[p] for p in fresh]]).float().cpu()
-            for p, row in zip(fresh, answers, strict=True):
-                self._seen[p] = len(self._cache)
-                self._cache.append(row)
-            self.queries += len(fresh)
-        return torch.stack([self._cache[self._seen[p]] for p in prints]).to(x.device)
-
-    def state_dict(self) -> dict:
-        """Everything the billing depends on, for the cohort's crash-resume checkpoint."""
-        prints = np.fromiter(self._seen.keys(), dtype=np.uint64, count=len(self._seen))
-        rows = np.fromiter(self._seen.values(), dtype=np.int64, count=len(self._seen))
-        return {
-            "queries": self.queries,
-            "prints": torch.from_numpy(prints.view(np.int64)),  # torch has no uint64 tensors to save
-            "rows": torch.from_numpy(rows),
-            "cache": torch.stack(self._cache) if self._cache else torch.zeros((0,)),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.queries = int(state["queries"])
-        prints = state["prints"].numpy().view(np.uint64).tolist()
-        self._seen = dict(zip(prints, state["rows"].tolist(), strict=True))
-        self._cache = list(state["cache"]) if state["cache"].ndim == 2 else []

@@ -19,18 +19,14 @@ the engine's own rules and never a copy of them:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from kdaudit.distill.planning.sizes import TRAIN_IMAGES, RunWork, run_work
+
 #: fewest training images per class the thief may have (after the validation carve-out)
 MIN_IMAGES_PER_CLASS = 5
-#: images in each dataset's full training split (before the validation carve-out)
-TRAIN_IMAGES: dict[str, int] = {"digits": 1200, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000,
-                                "cifar100": 50_000, "cifar100-coarse": 50_000}  # fmt: skip
-#: attacks whose students query the teacher on every training batch
-TEACHER_ATTACKS = ("normal_kd", "skeptical")
 
 
 def thief_images_per_class(dataset: str, val_fraction: float, fraction: float) -> float | None:
@@ -91,13 +87,31 @@ class AuditSize:
                 "total_student_parameters": self.total_student_parameters, "flops": self.flops}  # fmt: skip
 
 
+def planned_work(cfg: Any) -> list[tuple[Any, RunWork]]:
+    """Every planned run of an AuditConfig with its estimated work (distill/planning/sizes.py
+    `run_work`): the one estimate behind the compute quota, the API's query quota and the CLI's warnings."""
+    from kdaudit.distill.config import DATA_FREE_ATTACKS
+    from kdaudit.distill.datafree import plan_datafree
+    from kdaudit.distill.planning.sizes import datafree_settings
+    from kdaudit.distill.runner import plan_runs
+    from kdaudit.distill.variants import apply, expand_variants
+
+    variants = {v.name: apply(cfg, v.overrides, v.attacks) for v in expand_variants(cfg)}
+    out = []
+    for run in plan_runs(cfg):
+        vc = variants[run.variant]
+        planned = plan_datafree(run.kind, datafree_settings(vc), cfg.dataset).planned_queries \
+            if run.kind in DATA_FREE_ATTACKS else None  # planned to fit its budget: generated batches + checkpoint selection
+        out.append((run, run_work(run.kind, dataset=cfg.dataset, val_fraction=cfg.val_fraction, fraction=vc.fraction,
+                                  epochs=cfg.schedule.epochs, query_budget=cfg.threat.query_budget,
+                                  datafree_queries=planned)))
+    return out
+
+
 def audit_compute(config: dict[str, Any]) -> AuditSize:
     """Size of a resolved audit configuration (an `AuditConfig` dump)."""
-    from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig
+    from kdaudit.distill.config import AuditConfig
     from kdaudit.distill.data import SPECS
-    from kdaudit.distill.datafree import plan_datafree
-    from kdaudit.distill.runner import datafree_settings, plan_runs
-    from kdaudit.distill.variants import apply, expand_variants
 
     cfg = AuditConfig.model_validate(config)
     spec = SPECS.get(cfg.dataset)
@@ -106,24 +120,13 @@ def audit_compute(config: dict[str, Any]) -> AuditSize:
     teacher_flops = 0
     if cfg.teacher_arch and cfg.teacher_arch != "remote":
         teacher_flops = _measure(cfg.teacher_arch, classes, channels, size)[1]
-    images = TRAIN_IMAGES.get(cfg.dataset, 60_000) * (1.0 - cfg.val_fraction)
-    variants = {v.name: apply(cfg, v.overrides) for v in expand_variants(cfg)}
-    epochs = cfg.schedule.epochs
     largest, largest_params, total_params, flops = "", 0, 0, 0
-    for run in plan_runs(cfg):
+    for run, work in planned_work(cfg):
         params, fwd = _measure(run.student, classes, channels, size)
         total_params += params
         if params > largest_params:
             largest, largest_params = run.student, params
-        vc = variants[run.variant]
-        if run.kind in DATA_FREE_ATTACKS:
-            queries = plan_datafree(run.kind, datafree_settings(vc), cfg.dataset).planned_queries
-            flops += queries * (teacher_flops + 3 * fwd)
-            continue
-        seen = int(math.ceil(images * vc.fraction)) * epochs
-        flops += 3 * fwd * seen
-        if run.kind in TEACHER_ATTACKS:
-            flops += teacher_flops * min(seen, cfg.threat.query_budget or seen)
+        flops += 3 * fwd * work.student_images + teacher_flops * work.teacher_queries
     return AuditSize(largest, largest_params, total_params, flops)
 
 

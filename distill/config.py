@@ -11,32 +11,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kdaudit.core.errors import InputError
+from kdaudit.distill.attacks import attack_names
 from kdaudit.distill.preprocess import TeacherInput
 
-AttackName = Literal[
-    "normal_kd", "skeptical",
-    "datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical",
-    "datafree_dfme", "datafree_dfme_skeptical",
-]
+#: every attack, in the registry's order (distill/attacks/): the config, the CLI and the API schema accept these
+AttackName = Literal[attack_names()]  # type: ignore[valid-type]
 #: attacks that train a student; `skeptical_e` is an evaluation of the skeptical student
-TRAINED_ATTACKS: tuple[str, ...] = (
-    "normal_kd", "skeptical",
-    "datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical",
-    "datafree_dfme", "datafree_dfme_skeptical",
-)
+TRAINED_ATTACKS: tuple[str, ...] = attack_names()
 #: attacks that never see the thief's data: a generator synthesises the queries (distill/datafree.py)
-DATA_FREE_ATTACKS: tuple[str, ...] = ("datafree_zskt", "datafree_zskt_skeptical", "datafree_dfad", "datafree_dfad_skeptical",
-                                      "datafree_dfme", "datafree_dfme_skeptical")
+DATA_FREE_ATTACKS: tuple[str, ...] = attack_names("data-free")
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse", "npz", "folder"]
-#: why DFME refuses a label-only endpoint (config validation, the runner and distill/dfme.py say the same)
-DFME_LABEL_ONLY = (
-    "{attack} estimates the generator's gradient from differences between the teacher's scores at nearby "
-    "images; a label-only endpoint returns the same label for almost every such pair, so the estimate is zero "
-    "and the attack cannot run (use output policy logits or probs; for label-only use normal_kd / skeptical "
-    "with thief data)"
-)
 DeviceName = Literal["auto", "cpu", "cuda"]
-#: `teacher_arch` of a teacher reached over HTTP (distill/remote.py)
+#: `teacher_arch` of a teacher reached over HTTP (models/remote_teacher.py)
 REMOTE_ARCH = "remote"
 
 
@@ -82,7 +68,7 @@ class DataFreeSettings(BaseModel):
     batch 128, latent 100; DFAD: SGD 0.1 student / Adam 1e-3 generator, 5 student : 1
     generator steps, batch 256, latent 256; DFME, Truong et al. 2021: DFAD's steps and losses
     with the generator's gradient through the teacher estimated by forward differences,
-    `dfme_directions` random directions at step `dfme_epsilon`, distill/dfme.py). Fields left `None` take the attack's paper value
+    `dfme_directions` random directions at step `dfme_epsilon`, distill/datafree/dfme.py). Fields left `None` take the attack's paper value
     or, for `iterations`, the dataset's default (distill/datafree.py). `budget` caps the images
     sent to the teacher per run (one attack x student x seed); every query is counted,
     including the held-out generated samples used to pick the checkpoint.
@@ -261,18 +247,14 @@ class AuditConfig(BaseModel):
 
     @model_validator(mode="after")
     def _data_free_needs_scores(self) -> AuditConfig:
-        """Refuse at the edge what cannot run: data-free losses need a score for every class."""
+        """Refuse at the edge what cannot run: the output-policy rules of distill/planning/threat.py."""
         from kdaudit.distill.access import OutputPolicy
+        from kdaudit.distill.planning.threat import check_threat
 
-        policy = OutputPolicy.parse(self.threat.output)
-        for attack in self.attacks:
-            if attack.startswith("datafree_dfme") and policy.hard:
-                raise ValueError(DFME_LABEL_ONLY.format(attack=attack))
-            if attack in DATA_FREE_ATTACKS and not policy.full_scores:
-                raise ValueError(f"{attack} needs a score for every class (output policy logits or probs); "
-                                 f"{policy.spec} hides them")
-            if "zskt" in attack and policy.kind != "logits":
-                raise ValueError(f"{attack} backpropagates through the teacher's logits; it runs with output policy logits only")
+        try:
+            check_threat(self, OutputPolicy.parse(self.threat.output))
+        except InputError as e:
+            raise ValueError(str(e)) from None
         return self
 
     @model_validator(mode="after")

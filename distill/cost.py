@@ -23,6 +23,8 @@ import statistics
 
 from pydantic import BaseModel, Field
 
+from kdaudit.distill.planning.sizes import TRAIN_IMAGES
+
 #: Reference schedule (epochs) of a real data-available attack per dataset.
 #: - cifar10 160: the Nasty Teacher paper's CIFAR-10 recipe (Ma et al. 2021: SGD lr 0.1,
 #:   batch 128, 160 epochs on CIFAR-10; 200 is their CIFAR-100/Tiny-ImageNet figure),
@@ -32,10 +34,9 @@ from pydantic import BaseModel, Field
 REFERENCE_EPOCHS: dict[str, int] = {"digits": 40, "mnist": 10, "fashion-mnist": 15, "cifar10": 160, "cifar100": 200,
                                     "cifar100-coarse": 200, "npz": 40, "folder": 40}
 #: The dataset's whole train split (before the audit's validation carve-out and thief
-#: fraction): what a real thief with the data would train on. digits: the fixed 1,200/597
-#: split of distill/data.py; the others their standard train splits. npz: pass it.
-FULL_TRAIN_IMAGES: dict[str, int] = {"digits": 1200, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000,
-                                     "cifar100": 50_000, "cifar100-coarse": 50_000}
+#: fraction): what a real thief with the data would train on; one table for the engine and the
+#: API (distill/planning/sizes.py). npz / folder: pass it.
+FULL_TRAIN_IMAGES: dict[str, int] = TRAIN_IMAGES
 
 
 class TheftCost(BaseModel):

@@ -8,8 +8,20 @@ softmax is the one inside the log-ratio's numerator; that matters for the nasty 
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 import torch.nn.functional as F
+
+#: a loss as its named terms, in the order they add up to the total (as mdistiller's distillers return them)
+LossTerms = dict[str, torch.Tensor | float]
+
+
+def total_loss(terms: LossTerms) -> torch.Tensor:
+    """The terms added left to right: the same sum, in the same order, as the single-expression losses
+    had, so a run's numbers do not depend on whether its terms are recorded."""
+    return functools.reduce(operator.add, terms.values())  # type: ignore[return-value]
 
 
 def soft_kl(target_logits: torch.Tensor, input_logits: torch.Tensor, tau: float) -> torch.Tensor:
@@ -24,6 +36,23 @@ def soft_kl(target_logits: torch.Tensor, input_logits: torch.Tensor, tau: float)
     )
 
 
+def hinton_kd_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    alpha: float,
+    tau: float,
+) -> LossTerms:
+    """Hinton et al. 2015: `kd` = alpha * tau^2 * KL(p_T^tau || p_S^tau), `ce` = (1 - alpha) * CE(S, y).
+
+    With `labels=None` (a thief without labels, e.g. data-free) only the soft term is used.
+    """
+    terms: LossTerms = {"kd": alpha * tau * tau * soft_kl(teacher_logits.detach(), student_logits, tau)}
+    if labels is not None:
+        terms["ce"] = (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+    return terms
+
+
 def hinton_kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -31,14 +60,8 @@ def hinton_kd_loss(
     alpha: float,
     tau: float,
 ) -> torch.Tensor:
-    """Hinton et al. 2015: alpha * tau^2 * KL(p_T^tau || p_S^tau) + (1 - alpha) * CE(S, y).
-
-    With `labels=None` (a thief without labels, e.g. data-free) only the soft term is used.
-    """
-    soft = alpha * tau * tau * soft_kl(teacher_logits.detach(), student_logits, tau)
-    if labels is None:
-        return soft
-    return soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+    """The sum of `hinton_kd_terms`."""
+    return total_loss(hinton_kd_terms(student_logits, teacher_logits, labels, alpha, tau))
 
 
 def nasty_teacher_loss(
@@ -72,6 +95,30 @@ def self_distillation_loss(
     return beta * soft_kl(final_logits, head_logits, tau) + (1.0 - beta) * F.cross_entropy(head_logits, labels)
 
 
+def skeptical_terms(
+    exits: list[torch.Tensor],
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ac_index: int,
+    sd_index: int,
+    alpha: float,
+    tau: float,
+    beta: float,
+    gammas: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> LossTerms:
+    """Kundu et al. 2021: `kd_aux` = gamma1 * L_T, `self_distill` = gamma2 * L_SD, `ce` = gamma3 * CE(final).
+
+    `exits[0]` is the final exit, `exits[ac_index]` the auxiliary classifier that alone
+    sees the teacher (Hinton KD), `exits[sd_index]` the self-distillation head. Exits not
+    named get no loss (as the stage-1 exit in the official code).
+    """
+    g_t, g_sd, g_ce = gammas
+    l_t = hinton_kd_loss(exits[ac_index], teacher_logits, labels, alpha, tau)
+    l_sd = self_distillation_loss(exits[sd_index], exits[0], labels, beta, tau) if sd_index != ac_index else 0.0
+    return {"kd_aux": g_t * l_t, "self_distill": g_sd * l_sd, "ce": g_ce * F.cross_entropy(exits[0], labels)}
+
+
 def skeptical_loss(
     exits: list[torch.Tensor],
     teacher_logits: torch.Tensor,
@@ -84,13 +131,6 @@ def skeptical_loss(
     beta: float,
     gammas: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> torch.Tensor:
-    """Kundu et al. 2021: gamma1 * L_T + gamma2 * L_SD + gamma3 * CE(final).
-
-    `exits[0]` is the final exit, `exits[ac_index]` the auxiliary classifier that alone
-    sees the teacher (Hinton KD), `exits[sd_index]` the self-distillation head. Exits not
-    named get no loss (as the stage-1 exit in the official code).
-    """
-    g_t, g_sd, g_ce = gammas
-    l_t = hinton_kd_loss(exits[ac_index], teacher_logits, labels, alpha, tau)
-    l_sd = self_distillation_loss(exits[sd_index], exits[0], labels, beta, tau) if sd_index != ac_index else 0.0
-    return g_t * l_t + g_sd * l_sd + g_ce * F.cross_entropy(exits[0], labels)
+    """The sum of `skeptical_terms`."""
+    return total_loss(skeptical_terms(exits, teacher_logits, labels, ac_index=ac_index, sd_index=sd_index,
+                                      alpha=alpha, tau=tau, beta=beta, gammas=gammas))

@@ -173,6 +173,9 @@ class RunRecord(BaseModel):
     stopped: str | None = Field(default=None, description="Why training ended before its schedule (the query budget ran out).")
     budget_curve: list[BudgetPoint] = Field(default_factory=list, description="Data-free runs: test accuracy vs teacher "
                                             "queries, from this run's checkpoints (distill/budget_curve.py).")
+    loss_terms: list[dict[str, float | None]] = Field(
+        default_factory=list, description="Data-available runs: per epoch trained, the mean of each named loss term "
+        "over its batches (the attack's `loss_terms`, distill/attacks/; null where not finite).")
 
 
 class ProtectionDetail(BaseModel):

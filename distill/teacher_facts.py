@@ -18,7 +18,7 @@ from kdaudit.distill.gate import GateResult
 def teacher_format(teacher: nn.Module) -> str:
     if getattr(teacher, "is_remote", False):
         return "remote"
-    from kdaudit.models.onnx_teacher import OnnxTeacher
+    from kdaudit.models.checkpoints.onnx_teacher import OnnxTeacher
 
     return "onnx" if isinstance(teacher, OnnxTeacher) else "weights"
 

@@ -29,17 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdaudit.distill.access import Billing, OutputPolicy, QueryBudgetExhausted, TeacherOracle
+from kdaudit.distill.access import OutputPolicy
+from kdaudit.distill.attacks import attack_names, find_attack
 from kdaudit.distill.augment import random_crop_flip
 from kdaudit.distill.config import KDSettings, SkepticalSettings, TrainSchedule
 from kdaudit.distill.data import Splits
-from kdaudit.distill.losses import hinton_kd_loss, nasty_teacher_loss, skeptical_loss
+from kdaudit.distill.losses import LossTerms, hinton_kd_terms, nasty_teacher_loss, skeptical_terms, total_loss
+from kdaudit.distill.oracle import Billing, QueryBudgetExhausted, TeacherOracle
 from kdaudit.models import build_model
 from kdaudit.models.multi_exit import MultiExitNet
 
 Kind = Literal["scratch", "scratch_ls", "normal_kd", "skeptical", "nasty"]
 #: kinds whose loss needs the shared reference network's logits (teacher or adversary)
-NEEDS_REFERENCE = {"normal_kd", "skeptical", "nasty"}
+NEEDS_REFERENCE = {*attack_names("data-available"), "nasty"}
 EVAL_BATCH = 1024
 #: a run whose validation accuracy never exceeds chance + this many points is "stuck at chance"
 CHANCE_MARGIN_PTS = 2.0
@@ -87,6 +89,8 @@ class MemberResult:
     diverged: str | None = None
     #: why training stopped before the schedule's end (the query budget ran out), else None
     stopped: str | None = None
+    #: per epoch trained, the mean of each named loss term over its batches (None: not finite)
+    loss_curve: list[dict[str, float | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -115,7 +119,13 @@ def resolve_device(name: str) -> torch.device:
 def build_member_model(m: Member, splits: Splits) -> nn.Module:
     torch.manual_seed(member_seed(m.seed + m.seed_offset, m.kind, m.arch))
     net = build_model(m.arch, splits.spec.num_classes, splits.spec.in_channels)
-    return MultiExitNet(net) if m.kind == "skeptical" else net
+    return MultiExitNet(net) if is_multi_exit(m.kind) else net
+
+
+def is_multi_exit(kind: str) -> bool:
+    """Whether a run kind trains a multi-exit student (the registry says; baselines are single-exit)."""
+    spec = find_attack(kind)
+    return spec is not None and spec.student_kind == "multi-exit"
 
 
 def lr_at(step: int, total: int, peak: float, warmup: float = 0.15) -> float:
@@ -186,28 +196,35 @@ class Cohort:
         self.query_budget = query_budget
         self.billing = billing
 
-    def _loss(self, m: Member, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+    def _loss_terms(self, m: Member, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    ref: torch.Tensor | None) -> LossTerms:
+        """The member's loss as named terms, in the order they add up (the attack's `loss_terms`)."""
         kd = m.kd or self.kd
         # label-only: the "soft" target is one-hot, so KD is cross-entropy on the teacher's labels (tau 1)
         tau = 1.0 if m.view is not None and m.view.hard else kd.temperature
-        if m.kind == "scratch":
-            return F.cross_entropy(model(x), y)
-        if m.kind == "scratch_ls":
-            return F.cross_entropy(model(x), y, label_smoothing=m.label_smoothing)
-        if m.kind == "normal_kd":
-            return hinton_kd_loss(model(x), ref, y, kd.alpha, tau)
-        if m.kind == "skeptical":
+        spec = find_attack(m.kind)
+        rule = spec.family if spec is not None else m.kind  # attacks by family; baselines and nasty by kind
+        if rule == "scratch":
+            return {"ce": F.cross_entropy(model(x), y)}
+        if rule == "scratch_ls":
+            return {"ce": F.cross_entropy(model(x), y, label_smoothing=m.label_smoothing)}
+        if rule == "kd":
+            return hinton_kd_terms(model(x), ref, y, kd.alpha, tau)
+        if rule == "skeptical":
             s = m.skeptical or self.skeptical
             ac_stage = s.ac_stage or model.default_ac_stage
-            return skeptical_loss(
+            return skeptical_terms(
                 model(x), ref, y,
                 ac_index=MultiExitNet.exit_index(ac_stage), sd_index=MultiExitNet.exit_index(3),
                 alpha=kd.alpha, tau=tau, beta=s.sd_beta,
                 gammas=(s.gamma_teacher, s.gamma_sd, s.gamma_ce),
             )
-        if m.kind == "nasty":
-            return nasty_teacher_loss(model(x), ref, y, m.nasty_omega, m.nasty_tau)
+        if rule == "nasty":
+            return {"nasty": nasty_teacher_loss(model(x), ref, y, m.nasty_omega, m.nasty_tau)}
         raise ValueError(f"unknown member kind {m.kind}")
+
+    def _loss(self, m: Member, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        return total_loss(self._loss_terms(m, model, x, y, ref))
 
     def train(
         self,
@@ -255,6 +272,7 @@ class Cohort:
         # teacher stops (their thief cannot ask any more); the others train on
         stopped: list[str | None] = [None] * len(models)
         stop_epoch: list[int] = [0] * len(models)
+        loss_curves: list[list[dict[str, float | None]]] = [[] for _ in models]
         if checkpoint is not None and checkpoint.exists():
             state = torch.load(checkpoint, map_location=dev, weights_only=True)
             if state["keys"] != keys or state["epochs"] != sch.epochs:
@@ -269,12 +287,14 @@ class Cohort:
             diverged = list(state.get("diverged", diverged))
             stopped = list(state.get("stopped", stopped))
             stop_epoch = list(state.get("stop_epoch", stop_epoch))
+            loss_curves = list(state.get("loss_curves", loss_curves))
             if oracle is not None and "oracle" in state:
                 oracle.load_state_dict(state["oracle"])
         for epoch in range(first_epoch, sch.epochs + 1):
             for mdl in models:
                 mdl.train()
             perm = torch.randperm(n, generator=gen).to(dev)
+            term_sums: list[TermSums] = [TermSums() for _ in models]
             for b in range(steps_per_epoch):
                 idx = perm[b * bs : (b + 1) * bs]
                 x, y = self.splits.x_train[idx], self.splits.y_train[idx]
@@ -310,7 +330,9 @@ class Cohort:
                     for g in opt.param_groups:
                         g["lr"] = lr
                     with autocast:
-                        loss = self._loss(m, mdl, x, y, target)
+                        terms = self._loss_terms(m, mdl, x, y, target)
+                        loss = total_loss(terms)
+                    term_sums[i].add(terms)
                     nonfinite[i] |= ~torch.isfinite(loss.detach())
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -319,6 +341,9 @@ class Cohort:
                     if uses_ref[i]:
                         queries[i] += billed
                 step += 1
+            for i, sums in enumerate(term_sums):
+                if sums.steps:
+                    loss_curves[i].append(sums.means())
             for i, flag in enumerate(nonfinite):
                 if diverged[i] is None and bool(flag):
                     diverged[i] = f"non-finite (NaN/inf) loss in epoch {epoch}"
@@ -340,7 +365,7 @@ class Cohort:
                     "keys": keys, "epochs": sch.epochs, "epoch": epoch, "step": step, "gen": gen.get_state(),
                     "models": [mdl.state_dict() for mdl in models], "opts": [opt.state_dict() for opt in opts],
                     "best": [list(b) for b in best], "curves": curves, "queries": queries, "clock": clock,
-                    "diverged": diverged, "stopped": stopped, "stop_epoch": stop_epoch,
+                    "diverged": diverged, "stopped": stopped, "stop_epoch": stop_epoch, "loss_curves": loss_curves,
                     **({"oracle": oracle.state_dict()} if oracle is not None else {}),
                 })
             if on_epoch is not None:
@@ -355,13 +380,35 @@ class Cohort:
             if reason is None and stuck_at_chance(curves[i], spec.num_classes):
                 reason = f"validation accuracy stuck at chance (max {max(curves[i]):.1f}% <= {100.0 / spec.num_classes + CHANCE_MARGIN_PTS:.1f}%) for the whole run"
             results.append(MemberResult(m, mdl, max(best[i][1], 1), curves[i], queries[i], round(clock[i], 3),
-                                        diverged=reason, stopped=stopped[i]))
+                                        diverged=reason, stopped=stopped[i], loss_curve=loss_curves[i]))
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         return results
 
 
 _FULL_LOGITS = OutputPolicy()
+
+
+class TermSums:
+    """One member's loss terms summed over an epoch's batches, on the device (no host sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.steps = 0
+
+    def add(self, terms: LossTerms) -> None:
+        for name, value in terms.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else value
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.steps += 1
+
+    def means(self) -> dict[str, float | None]:
+        """Each term's epoch mean, rounded for the report; None where it was not finite (NaN/inf)."""
+        out: dict[str, float | None] = {}
+        for name, total in self.sums.items():
+            mean = float(total) / self.steps
+            out[name] = round(mean, 6) if math.isfinite(mean) else None
+        return out
 
 
 def _save_atomically(path: Path, state: dict) -> None:

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdaudit.distill.access import OutputPolicy
-from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig
+from kdaudit.distill.attacks import attack_spec
+from kdaudit.distill.config import AuditConfig
+from kdaudit.distill.planning.runs import AXES, BASE, variant_name  # re-exported: their home is planning
 
-BASE = "base"
+__all__ = ["AXES", "BASE", "DEFAULT_AC_STAGE", "Variant", "affected", "apply", "base_values", "describe",
+           "expand_variants", "panel_variants", "variant_name"]
 #: every architecture's default AC stage (models/base.py `default_ac_stage`)
 DEFAULT_AC_STAGE = 2
-#: the order of knobs in a variant's name and description
-AXES = ("output", "fraction", "temperature", "ac_stage")
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,17 @@ class Variant:
 
 def affected(axis: str, attack: str, overrides: dict[str, Any] | None = None) -> bool:
     """Whether changing `axis` changes `attack`'s numbers (otherwise the variant skips it)."""
-    if axis == "output":
+    spec = attack_spec(attack)
+    if axis == "output":  # a data-free attack runs only where it still gets every score (and ZSKT only on logits)
         policy = OutputPolicy.parse(str((overrides or {}).get("output", "logits")))
-        return attack not in DATA_FREE_ATTACKS or (policy.full_scores and "zskt" not in attack)  # DFAD, DFME
-    if axis == "fraction":
-        return attack not in DATA_FREE_ATTACKS
+        return not spec.data_free or (policy.full_scores and not spec.needs_logits)
+    if axis == "fraction":  # data-free thieves never see the thief's data
+        return not spec.data_free
     if axis == "temperature":  # data-free skeptical students use tau in their self-distillation term
-        return attack not in DATA_FREE_ATTACKS or attack.endswith("_skeptical")
+        return not spec.data_free or spec.skeptical
     if axis == "ac_stage":
-        return "skeptical" in attack
+        return spec.skeptical
     raise ValueError(f"unknown axis {axis}")
-
-
-def variant_name(overrides: dict[str, Any]) -> str:
-    return ",".join(f"{k}={overrides[k]:g}" if isinstance(overrides[k], float) else f"{k}={overrides[k]}"
-                    for k in AXES if k in overrides) or BASE
 
 
 def describe(overrides: dict[str, Any], config: AuditConfig) -> str:
@@ -142,9 +139,16 @@ def expand_variants(config: AuditConfig) -> list[Variant]:
     return list(merged.values())
 
 
-def apply(config: AuditConfig, overrides: dict[str, Any]) -> AuditConfig:
-    """The base config with a variant's knobs set (validated like any config)."""
+def apply(config: AuditConfig, overrides: dict[str, Any], attacks: tuple[str, ...] | None = None) -> AuditConfig:
+    """The base config with a variant's knobs set (validated like any config).
+
+    `attacks`: the variant's own attacks. Pass them: the base's may include attacks that the
+    variant leaves out because they cannot run there (DFAD under a top-k output), and the
+    validation would refuse the variant's config for them.
+    """
     data = config.model_dump()
+    if attacks:
+        data["attacks"] = list(attacks)
     if "output" in overrides:
         data["threat"]["output"] = overrides["output"]
     if "fraction" in overrides:

@@ -26,7 +26,8 @@ DEMO_FRACTION = 0.1
 DEMO_SEEDS = 3
 
 
-def register_demo(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `demo`."""
     p = subparsers.add_parser(
         "demo",
         help="train a nasty teacher and its normal twin, audit both through the embedded service",
@@ -75,8 +76,8 @@ class _EmbeddedService:
         import uvicorn
 
         from kdaudit.service.app import create_app
-        from kdaudit.service_cli import start_worker_process
         from kdaudit.store import migrate
+        from kdaudit.worker_process import start_worker_process
 
         migrate.upgrade(self.settings.resolved_database_url)
         self.worker = start_worker_process(self.settings, loglevel="WARNING", log_file=self.log_file)
@@ -105,7 +106,7 @@ class _EmbeddedService:
         return key
 
     def stop(self) -> None:
-        from kdaudit.service_cli import stop_process
+        from kdaudit.worker_process import stop_process
 
         if self.server is not None:
             self.server.should_exit = True
@@ -148,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         nasty_path, normal_path = out / "teacher-nasty.safetensors", out / "teacher-normal.safetensors"
         console.print("training the demo teachers on digits (a nasty teacher and its normal twin), then checking "
                       "that the nasty one really is nasty with probe students...")
-        from kdaudit.cli_render import protect_progress
+        from kdaudit.terminal_output import protect_progress
 
         with protect_progress(enabled=True) as on_epoch:
             protected = protect_teacher(

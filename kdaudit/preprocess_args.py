@@ -1,4 +1,5 @@
-"""The teacher-input-contract flags, shared by `audit`, `upload`, `register-remote` and `serve-teacher`."""
+"""The teacher-input-contract flags, shared by `audit`, `upload`, `register-remote` and `serve-teacher`
+(and --expected-accuracy, which `submit` takes too)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ def add_preprocess_args(p: argparse.ArgumentParser, *, expected: bool = True) ->
     g.add_argument("--std", help="explicit per-channel std, comma-separated")
     g.add_argument("--pixel-scale", type=float, help="pixels in [0, SCALE] before mean/std (e.g. 255)")
     if expected:
-        g.add_argument("--expected-accuracy", type=float,
-                       help="the teacher's test accuracy in its own pipeline, percent: the audit stops if it measures > 2 pts less")
+        add_expected_accuracy_option(g)
+
+
+def add_expected_accuracy_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--expected-accuracy: the owner's number the sanity check holds the teacher to (teacher and audit commands)."""
+    p.add_argument("--expected-accuracy", type=float,
+                   help="the teacher's test accuracy in its own pipeline, percent: the audit stops if it measures > 2 pts less")
 
 
 def contract_from_args(args: argparse.Namespace) -> TeacherInput:

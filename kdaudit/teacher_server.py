@@ -1,7 +1,7 @@
-"""Serve a PyTorch teacher over HTTP with the remote-teacher wire protocol (distill/remote.py).
+"""Serve a PyTorch teacher over HTTP with the remote-teacher wire protocol (models/remote_teacher.py).
 
 Why it exists: so that an owner can audit "a thief who only has my prediction API" end to end
-(`kdaudit serve-teacher nasty.safetensors --arch ... --response probabilities`, then point a
+(`kdaudit serve-teacher nasty.safetensors --arch ... --teacher-response probabilities`, then point a
 remote teacher at ``http://127.0.0.1:8700/``), and so that the tests have a real, misbehaving
 endpoint. It is a stdlib `ThreadingHTTPServer` with no authentication of its own, meant for
 loopback and trusted networks, not a production inference server.
@@ -32,11 +32,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdaudit.remote_teacher_args import RESPONSES, add_teacher_response_option
+
 if TYPE_CHECKING:
     from torch import nn
 
-#: same values as `kdaudit.distill.remote.RemoteResponse` (kept here to avoid importing torch)
-RESPONSES = ("logits", "probabilities", "labels")
 PROTOCOL = "kdaudit-remote-teacher/1"
 
 
@@ -321,7 +321,7 @@ def cmd_serve_teacher(args: argparse.Namespace) -> int:
 
     given = args.preprocess is not None or args.mean is not None or args.std is not None or args.pixel_scale is not None
     return serve_teacher_main(
-        args.teacher, args.arch, args.dataset, args.response, args.host, args.port, args.dataset_path,
+        args.teacher, args.arch, args.dataset, args.teacher_response, args.host, args.port, args.dataset_path,
         preprocess=contract_from_args(args) if given else None,
     )
 
@@ -336,8 +336,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="architecture of a weights file, e.g. cnn-16-32-32-64 (not needed for ONNX)")
     p.add_argument("--dataset", default="digits", help="digits | mnist | fashion-mnist | cifar10 | npz (default digits)")
     p.add_argument("--dataset-path", help="for --dataset npz: the .npz (for its class and channel counts)")
-    p.add_argument("--response", choices=RESPONSES, default="logits",
-                   help="what the API reveals: logits, probabilities (softmax) or labels (argmax); default logits")
+    add_teacher_response_option(p, required=False)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8700, help="port (default 8700; 0 picks a free one)")
     from kdaudit.preprocess_args import add_preprocess_args

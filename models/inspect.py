@@ -22,6 +22,16 @@ import torch
 
 from kdaudit.core.errors import CheckpointError, KdauditError
 from kdaudit.core.settings import Settings, get_settings
+from kdaudit.models.checkpoints import (
+    OnnxTeacher,
+    check_size,
+    detect_format,
+    load_pytorch_via_child,
+    normalise_state_dict,
+    read_safetensors,
+    sha256_file,
+)
+from kdaudit.models.checkpoints.state_dict_match import ignored_key, key_differences
 
 
 @dataclass
@@ -99,24 +109,21 @@ def match_architecture(sd: dict[str, torch.Tensor], num_classes: int, in_channel
     from kdaudit.models.registry import build_model
 
     best: ArchMatch | None = None
-    skip = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
     for name in _candidates(sd):
         try:
             expected = build_model(name, num_classes, in_channels).state_dict()
         except KdauditError:
             continue
-        missing = [k for k in expected if not skip(k) and k not in sd]
-        unexpected = [k for k in sd if not skip(k) and k not in expected]
-        shapes = [k for k in expected if k in sd and not skip(k) and tuple(sd[k].shape) != tuple(expected[k].shape)]
-        matched = sum(1 for k in expected if k in sd and not skip(k)) - len(shapes)
+        diff = key_differences(expected, sd)
+        matched = sum(1 for k in expected if k in sd and not ignored_key(k)) - len(diff.mismatched)
         diffs = []
-        if missing:
-            diffs.append(f"{len(missing)} key(s) missing from the file, e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            diffs.append(f"{len(unexpected)} key(s) the architecture has not, e.g. {', '.join(unexpected[:3])}")
-        if shapes:
-            diffs.append(f"{len(shapes)} shape mismatch(es), e.g. " + ", ".join(
-                f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in shapes[:3]))
+        if diff.missing:
+            diffs.append(f"{len(diff.missing)} key(s) missing from the file, e.g. {', '.join(diff.missing[:3])}")
+        if diff.unexpected:
+            diffs.append(f"{len(diff.unexpected)} key(s) the architecture has not, e.g. {', '.join(diff.unexpected[:3])}")
+        if diff.mismatched:
+            diffs.append(f"{len(diff.mismatched)} shape mismatch(es), e.g. " + ", ".join(
+                f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in diff.mismatched[:3]))
         cand = ArchMatch(name, exact=not diffs, matched_keys=matched, differences=diffs)
         if cand.exact:
             return cand
@@ -126,23 +133,19 @@ def match_architecture(sd: dict[str, torch.Tensor], num_classes: int, in_channel
 
 
 def inspect_file(path: str | os.PathLike[str], settings: Settings | None = None) -> Inspection:
-    from kdaudit.models import checkpoints as ck
-
     settings = settings or get_settings()
     path = Path(path)
-    size = ck._check_size(path, settings)
-    fmt = ck.detect_format(path, settings)  # refuses pickles, TorchScript, archives, text with one line
-    sha = ck.sha256_file(path)
+    size = check_size(path, settings)
+    fmt = detect_format(path, settings)  # refuses pickles, TorchScript, archives, text with one line
+    sha = sha256_file(path)
     if fmt == "onnx":
-        from kdaudit.models.onnx_teacher import OnnxTeacher
-
         teacher = OnnxTeacher(path, settings=settings, threads=1)
         io = teacher.io
         return Inspection(str(path), "onnx", sha, size, io.parameters, list(io.input_shape), [None, teacher.num_classes],
                           notes=["a black box: audit it without --arch (its shapes come from the graph)",
                                  "declare its preprocessing with --preprocess / --mean --std (default: the dataset's statistics)"])
-    tensors = ck._read_safetensors(path, settings) if fmt == "safetensors" else ck._load_pytorch_via_child(path, settings)
-    sd = ck.normalise_state_dict(tensors, settings.max_parameters)
+    tensors = read_safetensors(path, settings) if fmt == "safetensors" else load_pytorch_via_child(path, settings)
+    sd = normalise_state_dict(tensors, settings.max_parameters)
     num_classes, in_channels = _head_and_input(sd)
     params = sum(v.numel() for k, v in sd.items() if v.is_floating_point() and not k.endswith(("running_mean", "running_var")))
     notes = ["weights only: audit with --arch NAME"]

@@ -12,7 +12,8 @@ tensors to DST (safetensors). `validate` runs the whole of `validate_teacher_fil
 Either way the answer is one JSON object in R: `{"ok": true, ...}` or
 `{"ok": false, "error": "<one line>"}`. The parent starts this process with RLIMIT_AS /
 RLIMIT_CPU / RLIMIT_FSIZE already set (preexec_fn); they are applied again first thing here
-so the limits hold however the process was started.
+so the limits hold however the process was started. Both use the one table of
+`kdaudit.models.checkpoints.rlimits`.
 """
 
 from __future__ import annotations
@@ -78,26 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="{}")
     args = parser.parse_args(argv)
 
-    import resource
+    from kdaudit.models.checkpoints.rlimits import LoaderLimits, apply_limits
 
-    memory, cpu, fsize = (int(v) for v in args.limits.split(","))
-    for res, soft, hard in (
-        (resource.RLIMIT_AS, memory, memory),
-        (resource.RLIMIT_CPU, cpu, cpu + 5),
-        (resource.RLIMIT_FSIZE, fsize, fsize),
-        (resource.RLIMIT_CORE, 0, 0),
-    ):
-        cur_soft, cur_hard = resource.getrlimit(res)
-        if cur_hard != resource.RLIM_INFINITY:
-            hard = min(hard, cur_hard)
-        try:
-            resource.setrlimit(res, (min(soft, hard), hard))
-        except (ValueError, OSError):
-            pass
+    limits = LoaderLimits.from_arg(args.limits)
+    apply_limits(limits)  # the same table and clamping the parent applied before exec
+    memory = limits.memory_bytes
 
     _deny_network()
 
-    # Heavy imports only after the limits are in place.
+    # The rest only after the limits are in place (the parent set them before exec as well).
     from pathlib import Path
 
     from kdaudit.core.errors import KdauditError

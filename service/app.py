@@ -31,11 +31,9 @@ from kdaudit.core.settings import Settings
 from kdaudit.service import hardening, problems, web
 from kdaudit.service import metrics as metrics_mod
 from kdaudit.service.deps import reject_unknown_query
-from kdaudit.service.lifecycle_routes import router as lifecycle_router
 from kdaudit.service.limits import BodySizeLimit, make_rate_limiter
 from kdaudit.service.problems import PROBLEM_JSON, problem_response
-from kdaudit.service.routes import router
-from kdaudit.service.verdict_routes import router as verdict_router
+from kdaudit.service.routers import ROUTERS
 from kdaudit.store import db, migrate
 from kdaudit.store.files import FileStore
 from kdaudit.store.settings import coerce_settings
@@ -213,9 +211,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=s.max_json_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # added last = outermost of the user middleware
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
-    app.include_router(verdict_router)
-    app.include_router(router)
-    app.include_router(lifecycle_router)
+    for router in ROUTERS:  # the /v1 API, one router per resource (service/routers/)
+        app.include_router(router)
     app.include_router(web.router)
 
     strict = [Depends(reject_unknown_query)]

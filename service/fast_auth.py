@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdaudit.service.limits import (
+    TAKE_TOKENS_LUA,
     MemoryRateLimiter,
     RateLimiter,
     RedisRateLimiter,
@@ -90,25 +91,6 @@ class KeyCache:
             self._entries.clear()
 
 
-#: take up to ARGV[3] tokens at once from the shared bucket (service/limits.py `_LUA_BUCKET`'s
-#: bucket and clock); returns {granted, tokens left}
-_LUA_LEASE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local granted = math.min(want, math.floor(tokens))
-if granted < 0 then granted = 0 end
-tokens = tokens - granted
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
-return {granted, tostring(tokens)}
-"""
 #: seconds a process may keep leased tokens before they lapse (unspent ones are lost: never more
 #: than the bucket allows, at most a lease's worth fewer)
 LEASE_SECONDS = 1.0
@@ -197,7 +179,7 @@ class AsyncBuckets:
             kwargs = {**self.limiter._redis.connection_pool.connection_kwargs, "socket_timeout": 5.0}
             pool = aioredis.BlockingConnectionPool(max_connections=64, timeout=5, **kwargs)
             self._client = aioredis.Redis(connection_pool=pool)
-            self._script = self._client.register_script(_LUA_LEASE)
+            self._script = self._client.register_script(TAKE_TOKENS_LUA)
         return self._script
 
 

@@ -38,11 +38,6 @@ from kdaudit.service.problems import PROBLEM_JSON, Problem
 
 log = logging.getLogger("kdaudit.api")
 
-#: images in each dataset's full training split (before the validation carve-out)
-TRAIN_IMAGES = {"digits": 1200, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000}
-#: attacks whose students query the teacher on every training batch
-TEACHER_ATTACKS = ("normal_kd", "skeptical")
-
 
 def limit_problem(status: int, limit: str, value: int | float, detail: str, *, requested: Any = None,
                   headers: dict[str, str] | None = None, slug: str = "limit-exceeded", **more: Any) -> Problem:  # fmt: skip
@@ -55,29 +50,13 @@ def limit_problem(status: int, limit: str, value: int | float, detail: str, *, r
 
 
 def estimate_teacher_queries(config: dict[str, Any]) -> int:
-    """Upper estimate of billed teacher queries: per KD run, epochs x its thief's train images; per data-free run, its plan.
+    """Upper estimate of billed teacher queries: the engine's per-run estimate (distill/budget.py
+    `planned_work`, distill/planning/sizes.py `run_work`) summed over every planned run, the base
+    setting's and every sweep/panel variant's."""
+    from kdaudit.distill.budget import planned_work
+    from kdaudit.distill.config import AuditConfig
 
-    Mirrors the engine (distill/train.py, distill/variants.py): every planned KD/skeptical run
-    (the base setting's and every sweep/panel variant's, each at its own data fraction) is
-    billed each training image once per epoch at most, and never more than the threat
-    model's per-run query budget. The validation carve-out (`val_fraction`) is subtracted.
-    """
-    from kdaudit.distill.config import DATA_FREE_ATTACKS, AuditConfig
-    from kdaudit.distill.datafree import plan_datafree
-    from kdaudit.distill.runner import datafree_settings, plan_runs
-    from kdaudit.distill.variants import apply, expand_variants
-
-    cfg = AuditConfig.model_validate(config)
-    images = TRAIN_IMAGES.get(cfg.dataset, 60_000) * (1.0 - cfg.val_fraction)
-    variants = {v.name: apply(cfg, v.overrides) for v in expand_variants(cfg)}
-    total = 0
-    for run in plan_runs(cfg):
-        if run.kind in TEACHER_ATTACKS:
-            per_run = int(math.ceil(images * variants[run.variant].fraction)) * cfg.schedule.epochs
-            total += min(per_run, cfg.threat.query_budget or per_run)
-        elif run.kind in DATA_FREE_ATTACKS:  # planned to fit its budget: generated batches + checkpoint selection
-            total += plan_datafree(run.kind, datafree_settings(variants[run.variant]), cfg.dataset).planned_queries
-    return total
+    return sum(work.teacher_queries for _, work in planned_work(AuditConfig.model_validate(config)))
 
 
 def check_audit_plan(config: dict[str, Any], runs_total: int, settings: Settings) -> None:
@@ -144,23 +123,25 @@ class MemoryRateLimiter(RateLimiter):
         return allowed, wait, int(tokens)
 
 
-_LUA_BUCKET = """
+#: take up to ARGV[3] tokens at once from the key's bucket (Redis clock, atomic); returns
+#: {granted, tokens left}. The per-request limiter takes 1 (granted is then 1 exactly when a token
+#: was there); the event-loop buckets (service/fast_auth.py) take a small lease.
+TAKE_TOKENS_LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or burst
 local ts = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local allowed = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-end
+local granted = math.min(want, math.floor(tokens))
+if granted < 0 then granted = 0 end
+tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
-return {allowed, tostring(tokens)}
+return {granted, tostring(tokens)}
 """
 
 
@@ -174,13 +155,13 @@ class RedisRateLimiter(RateLimiter):
         import redis
 
         self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self._script = self._redis.register_script(_LUA_BUCKET)
+        self._script = self._redis.register_script(TAKE_TOKENS_LUA)
         self._prefix = prefix
         self._warned = 0.0
 
     def hit(self, key: str) -> tuple[bool, float, int]:
         try:
-            allowed, tokens = self._script(keys=[self._prefix + key], args=[self.rate, self.burst])
+            allowed, tokens = self._script(keys=[self._prefix + key], args=[self.rate, self.burst, 1])
         except Exception as e:  # fail open: the limiter must not be a single point of failure
             now = time.monotonic()
             if now - self._warned > 30:

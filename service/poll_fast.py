@@ -84,7 +84,7 @@ class StatusPollFastPath:
             if not allowed:
                 return None, None  # the normal path refuses with the problem (and Retry-After)
         try:
-            audit = await run_in_threadpool(_read, state.sessions, hit.tenant.id, audit_id)
+            audit = await run_in_threadpool(repo.read_audit, state.sessions, hit.tenant.id, audit_id)
         except Exception:
             return None, None  # the normal path answers (and logs) whatever this was
         if audit is None:
@@ -94,10 +94,3 @@ class StatusPollFastPath:
         if not repo.is_finished(audit.status):
             headers.append((b"retry-after", str(state.settings.retry_after_seconds).encode()))
         return body, headers
-
-
-def _read(sessions, tenant_id: str, audit_id: str):
-    with sessions() as session:
-        audit = repo.get_audit(session, tenant_id, audit_id)
-        session.commit()
-        return audit

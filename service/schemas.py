@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdaudit.distill.config import AttackName, SweepSettings, ThreatModel
+from kdaudit.distill.planning.runs import cohort_size, kind_of_key, trains_in_cohort
 from kdaudit.distill.preprocess import TeacherInput
 from kdaudit.store.models import Audit, Teacher
 
@@ -104,7 +105,7 @@ _HeaderValue = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00-\x08\x0a-
 
 
 class RemoteTeacherCreate(BaseModel):
-    """A teacher behind an HTTP prediction endpoint (protocol: distill/remote.py). Its host must
+    """A teacher behind an HTTP prediction endpoint (protocol: models/remote_teacher.py). Its host must
     be allowed by the server setting `remote_teacher_hosts`; the service never sees weights."""
 
     model_config = ConfigDict(extra="forbid")
@@ -184,10 +185,10 @@ class Progress(BaseModel):
 
 
 def _cohort_size(config: dict[str, Any] | None) -> int:
-    """Runs trained in lockstep per seed: scratch + each data-available attack, for every student."""
+    """Runs trained in lockstep per seed (distill/planning/runs.py `cohort_size`: the baselines,
+    label smoothing included, and each data-available attack, for every student)."""
     cfg = config or {}
-    attacks = [x for x in cfg.get("attacks", []) if not str(x).startswith("datafree_")]
-    return max(1, len(cfg.get("students", [])) * (1 + len(attacks)))
+    return cohort_size(len(cfg.get("students", [])), cfg.get("attacks", []), cfg.get("label_smoothing"))
 
 
 class AuditOut(BaseModel):
@@ -217,7 +218,7 @@ class AuditOut(BaseModel):
                     partial = 0.0  # run finished; runs_done already counts it
                 # the engine trains a seed's data-available runs together (one cohort), so that many
                 # runs are this far along, not just the one named in current_run
-                if not (a.current_run or "").startswith("datafree_"):
+                if trains_in_cohort(kind_of_key(a.current_run or "")):
                     partial *= min(_cohort_size(a.config), total - a.runs_done)
             frac = min((a.runs_done + partial) / total, 1.0)
         return cls(

@@ -4,12 +4,13 @@
                                         start an audit, follow audits, open reports)
     GET /audits/{id}/report             UI page that shows one audit's HTML report
     GET /static/{name}                  the UI's CSS and JavaScript (no external assets)
-    GET /v1/audits/{id}/report.html     the self-contained HTML report (Bearer key, like /v1)
+    GET /v1/audits/{id}/report.html     the self-contained HTML report (Bearer key, like /v1;
+                                        read like the JSON one: service/routers/reports.py)
 
 The UI pages are server-rendered Jinja2 templates that hold no data: their JavaScript
 calls the JSON API with the key the user typed in (kept in sessionStorage, so it goes
 when the tab closes). The HTML report is rendered from the stored report JSON by
-`kdaudit.distill.render_html` (matplotlib, imported on first use).
+`kdaudit.reporting.html_page` (matplotlib, imported on first use).
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 import kdaudit
+from kdaudit.distill.attacks import attack_names, attack_spec
 from kdaudit.service import trail
 from kdaudit.service.auth import current_tenant
 from kdaudit.service.deps import get_session, get_settings
 from kdaudit.service.problems import Problem
-from kdaudit.service.routes import _release_db, report_body_or_409
+from kdaudit.service.routers.base import release_db
+from kdaudit.service.routers.ownership import not_found
+from kdaudit.service.routers.reports import report_body_or_409
+from kdaudit.service.schemas import ID_PATTERN
 from kdaudit.store.models import Tenant
 from kdaudit.store.settings import ServiceSettings
 
@@ -42,8 +47,8 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 router = APIRouter()
 
-#: same shape as the API's ids (kdaudit.service.schemas.ID_PATTERN)
-AuditId = Annotated[str, PathParam(description="Audit id (from POST /v1/audits).", pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+#: the API's id pattern; documented without min/max length (as this route always was)
+AuditId = Annotated[str, PathParam(description="Audit id (from POST /v1/audits).", pattern=ID_PATTERN)]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse")
 #: the upload form's preprocessing presets (distill/preprocess.py), with what each means
@@ -58,7 +63,8 @@ PREPROCESS_CHOICES = (
     ("cifar100", "canonical CIFAR-100 mean/std"),
     ("mnist", "MNIST 0.1307/0.3081"),
 )
-ATTACKS = (("normal_kd", "normal KD (Hinton)"), ("skeptical", "skeptical student"))
+#: the attacks the upload form offers (those that need the thief's data), with the registry's labels
+ATTACKS = tuple((name, attack_spec(name).label) for name in attack_names("data-available"))
 ARCH_EXAMPLES = ("cnn-32-64-64-128", "cnn-16-32-32-64", "cnn-8-8-8-16", "cnn-4-8-8-16", "resnet18")
 
 #: UI pages: scripts and styles only from this origin; the report iframe gets inline styles
@@ -108,7 +114,7 @@ def ui_static(name: str) -> Response:
     allowed = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
     path = allowed.get(name)
     if path is None:
-        raise Problem(404, f"no static file {name}", slug="not-found")
+        raise not_found("static file", name)
     media = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}.get(path.suffix, "application/octet-stream")
     return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
@@ -122,7 +128,7 @@ _cache_lock = threading.Lock()
 
 def _render_cached(audit_id: str, body: dict[str, Any]) -> str:
     """Reports are immutable once stored, but key on the content anyway."""
-    from kdaudit.distill.render_html import render_report_html
+    from kdaudit.reporting.html_page import render_report_html
 
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     key = f"{audit_id}:{digest}"
@@ -152,7 +158,7 @@ def _render_cached(audit_id: str, body: dict[str, Any]) -> str:
         409: {"description": "The audit has not succeeded (yet)"},
     },
 )
-@_release_db
+@release_db
 def get_report_html(
     audit_id: AuditId,
     request: Request,

@@ -48,7 +48,7 @@ def _make_engine(url: str) -> Engine:
 
         return engine
     # The API's sync routes run in a 40-thread pool; they hold a connection only for their DB
-    # work (see service/routes.py `_release_db`), so 10 + 20 connections per process is plenty.
+    # work (see service/routers/base.py `release_db`), so 10 + 20 connections per process is plenty.
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
 
 

@@ -41,11 +41,8 @@ def splits():
 def pixel_teacher(tmp_path_factory):
     """Issue 16's owner model: a digits CNN trained on [0, 1] pixels with no mean/std step,
     exported to ONNX. Returns (onnx path, torch model, its own test accuracy in percent)."""
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from contract_helpers import export_onnx, train_raw_teacher
+    from tests.helpers.contract import export_onnx, train_raw_teacher
 
     torch.set_num_threads(2)
     model, acc = train_raw_teacher(epochs=15)

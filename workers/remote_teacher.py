@@ -1,4 +1,4 @@
-"""The remote teacher a worker audits: `RemoteTeacher` (distill/remote.py) whose every new TCP
+"""The remote teacher a worker audits: `RemoteTeacher` (models/remote_teacher.py) whose every new TCP
 connection is checked against `remote_teacher_hosts` (store/remote_teachers.py).
 
 The check runs inside the HTTP client's connection step: the host is resolved once, every
@@ -19,7 +19,7 @@ import httpx
 
 from kdaudit import __version__
 from kdaudit.core.errors import RemoteTeacherError
-from kdaudit.distill.remote import RemoteTeacher, RemoteTeacherSpec
+from kdaudit.models.remote_teacher import RemoteTeacher, RemoteTeacherSpec
 from kdaudit.store import remote_teachers as rt
 
 log = logging.getLogger("kdaudit.worker")

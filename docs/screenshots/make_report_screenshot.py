@@ -2,7 +2,7 @@
 
     python docs/screenshots/make_report_screenshot.py kdaudit-demo/report-nasty.json [out.png]
 
-The page is the one the web UI shows in its report frame (distill/render_html.py), rendered
+The page is the one the web UI shows in its report frame (reporting/html_page.py), rendered
 from the report JSON and photographed with Playwright driving the system Chromium (as
 tests/test_browser_ui.py does; `apt-get install chromium`, never `playwright install`). The
 browser test's own screenshots come from a random teacher and stay in artifacts/.
@@ -22,7 +22,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 def main(argv: list[str]) -> int:
     from playwright.sync_api import sync_playwright
 
-    from kdaudit.distill.render_html import render_report_html
+    from kdaudit.reporting.html_page import render_report_html
 
     src = Path(argv[0])
     out = Path(argv[1]) if len(argv) > 1 else HERE / "report.png"

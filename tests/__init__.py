@@ -1,0 +1,1 @@
+"""kdaudit's tests: unit/ mirrors the source packages, integration/ needs real services, science/ trains models."""
