@@ -6,7 +6,7 @@ record the fully resolved configuration for provenance.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,8 +22,20 @@ TRAINED_ATTACKS: tuple[str, ...] = attack_names()
 DATA_FREE_ATTACKS: tuple[str, ...] = attack_names("data-free")
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse", "npz", "folder"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+#: an image-folder dataset named in a service request: a sub-folder of the operator's
+#: `folder_datasets_dir`, by name only (no separators, no leading dot, so never `..` or a path)
+FolderDatasetName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 #: `teacher_arch` of a teacher reached over HTTP (models/remote_teacher.py)
 REMOTE_ARCH = "remote"
+#: dataset='folder': the square size images are resized to (AuditConfig's field and the API's)
+ImageSize = Annotated[int, Field(ge=4, le=512)]
+IMAGE_SIZE_HELP = "dataset='folder': resize images to this square size (default: inferred)."
+#: the label-smoothing baseline's smoothing weight, one definition for AuditConfig and the API's
+#: audit request (service/schemas.py `AuditCreate`): null or 0 leaves the baseline out
+LabelSmoothing = Annotated[float, Field(ge=0, lt=1)]
+DEFAULT_LABEL_SMOOTHING = 0.1
+LABEL_SMOOTHING_HELP = ("A label-smoothing student (this smoothing weight, no teacher) trained beside scratch as the "
+                        "regularisation baseline; null or 0 leaves it out (default 0.1).")
 
 
 class TrainSchedule(BaseModel):
@@ -169,7 +181,7 @@ class SweepSettings(BaseModel):
 
 
 def _policy(spec: str) -> str:
-    from kdaudit.distill.access import parse_policy
+    from kdaudit.distill.policy_spec import parse_policy
 
     try:
         return parse_policy(spec)
@@ -196,15 +208,13 @@ class AuditConfig(BaseModel):
     force: bool = Field(default=False, description="Run even if the teacher sanity check fails (the report says so).")
     dataset: DatasetName = "digits"
     dataset_path: str | None = Field(default=None, description="For dataset='npz' (a .npz with x, y) or 'folder' (train/ and test/).")
-    image_size: int | None = Field(default=None, ge=4, le=512, description="dataset='folder': resize images to this square size (default: inferred).")
+    image_size: ImageSize | None = Field(default=None, description=IMAGE_SIZE_HELP)
     students: list[str] = Field(default_factory=lambda: ["cnn-4-8-8-16"], min_length=1, max_length=8)
     attacks: list[AttackName] = Field(default_factory=lambda: ["normal_kd", "skeptical"], min_length=1)
     seeds: int = Field(default=3, ge=1, le=20, description="Seeds per student; verdicts need >= 2 (intervals), 3 by default.")
     base_seed: int = Field(default=0, ge=0)
     fraction: float = Field(default=1.0, gt=0, le=1, description="Share of the training set the thief has.")
-    label_smoothing: float | None = Field(
-        default=0.1, ge=0, lt=1, description="A label-smoothing student (this smoothing weight, no teacher) trained beside "
-        "scratch as the regularisation baseline; None leaves it out.")
+    label_smoothing: LabelSmoothing | None = Field(default=DEFAULT_LABEL_SMOOTHING, description=LABEL_SMOOTHING_HELP)
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     device: DeviceName = "auto"
     schedule: TrainSchedule = Field(
@@ -240,6 +250,12 @@ class AuditConfig(BaseModel):
             return out
         return data
 
+    @field_validator("label_smoothing")
+    @classmethod
+    def _no_smoothing_no_baseline(cls, v: float | None) -> float | None:
+        """A smoothing of 0 is the scratch student trained twice: leave the baseline out instead."""
+        return v or None
+
     @field_validator("attacks")
     @classmethod
     def _unique_attacks(cls, v: list[str]) -> list[str]:
@@ -248,8 +264,8 @@ class AuditConfig(BaseModel):
     @model_validator(mode="after")
     def _data_free_needs_scores(self) -> AuditConfig:
         """Refuse at the edge what cannot run: the output-policy rules of distill/planning/threat.py."""
-        from kdaudit.distill.access import OutputPolicy
         from kdaudit.distill.planning.threat import check_threat
+        from kdaudit.distill.policy_spec import PolicySpec as OutputPolicy
 
         try:
             check_threat(self, OutputPolicy.parse(self.threat.output))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdaudit.core.errors import DataError
+from kdaudit.core.errors import DataError, InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: images looked at to infer the channels and size (cheap: dataset_spec runs in the API process)
@@ -76,6 +76,30 @@ def _probe(files: list[tuple[Path, int]], image_size: int | None) -> tuple[int, 
             raise DataError(f"the images are {w}x{h}; declare a square size to resize them to (--image-size)")
         image_size = w
     return (3 if colour else 1), image_size
+
+
+def named_folder(root: Path | None, name: str) -> Path:
+    """The image-folder dataset called `name` under an operator's `root` (the service's
+    `folder_datasets_dir`). Why a name and never a path: a tenant must not make the workers read
+    any folder of theirs, so only a plain sub-folder name (config.py `FolderDatasetName`: no
+    separators, no leading dot) that exists under the root is accepted."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from kdaudit.distill.config import FolderDatasetName
+
+    if root is None:
+        raise InputError("image-folder datasets are off on this server (the operator has not set folder_datasets_dir)")
+    try:
+        TypeAdapter(FolderDatasetName).validate_python(name)
+    except ValidationError:
+        raise InputError(f"dataset_name {name[:64]!r} is not a dataset name (letters, digits, '.', '_', '-'; "
+                         "a name under the server's dataset folder, never a path)") from None
+    path = Path(root) / name
+    if not path.is_dir():
+        names = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise InputError(f"no image-folder dataset named {name!r} on this server "
+                         f"(there are: {', '.join(names[:20]) or 'none'})")
+    return path
 
 
 def folder_spec(root: Path, image_size: int | None = None):  # -> DatasetSpec (import cycle)

@@ -2,8 +2,8 @@
 
 The teacher is a local file or an HTTP endpoint (the remote-teacher flags, remote_teacher_args);
 what to audit is the same set of flags `kdaudit submit` sends to the service (audit_options).
-Only what needs this machine is audit-only: local datasets, the teacher file's format, the
-label-smoothing baseline and where the report goes.
+Only what needs this machine is audit-only: local datasets, the teacher file's format and
+where the report goes.
 """
 
 from __future__ import annotations
@@ -33,13 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("-o", "--out", type=Path, default=Path("report.json"), help="report file (default report.json)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     add_audit_options(a)
-    g = a.add_argument_group("local data and baselines (audit only)")
+    g = a.add_argument_group("local data (audit only)")
     g.add_argument("--dataset-path", help="for --dataset npz: a .npz with arrays x, y (optional x_test, y_test); "
                    "for --dataset folder: a folder with train/<class>/ and test/<class>/ images")
-    g.add_argument("--image-size", type=int, help="for --dataset folder: resize images to this square size (default: inferred)")
     g.add_argument("--data-root", type=Path, help="folder with mnist.npz / cifar10_jpeg.npz")
-    g.add_argument("--label-smoothing", type=float, default=0.1,
-                   help="smoothing of the label-smoothing baseline student (default 0.1; 0 turns the baseline off)")
     add_remote_teacher_options(a, required=False)
     add_preprocess_args(a, expected=False)
     a.set_defaults(func=cmd_audit)
@@ -58,8 +55,6 @@ def audit_config(args: argparse.Namespace):
         teacher_arch=args.arch or ("remote" if args.teacher_url else None),
         teacher_input=contract_from_args(args),
         dataset_path=args.dataset_path,
-        image_size=args.image_size,
-        label_smoothing=args.label_smoothing or None,
     )
 
 

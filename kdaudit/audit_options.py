@@ -47,7 +47,9 @@ def add_audit_options(parser: argparse.ArgumentParser) -> None:
     attacks = get_args(AttackName)
     g = parser.add_argument_group("the audit: attacks, students, training, the teacher's sanity check")
     g.add_argument("--dataset", help="the thief's data: digits | mnist | fashion-mnist | cifar10 | cifar100 | "
-                   "cifar100-coarse, and for a local audit npz | folder (default: digits; submit: the teacher's own)")
+                   "cifar100-coarse | folder (audit: --dataset-path; submit: --dataset-name, the server's), and for a "
+                   "local audit npz (default: digits; submit: the teacher's own)")
+    g.add_argument("--image-size", type=int, help="for --dataset folder: resize images to this square size (default: inferred)")
     g.add_argument("--attacks", type=comma_list(choices=attacks), metavar="ATTACK,...",
                    help=f"comma-separated (default normal_kd,skeptical): {', '.join(attacks)} "
                    "(dfme: black-box, forward-difference gradients)")
@@ -65,6 +67,8 @@ def add_audit_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dfad-teacher-gradient", action="store_true",
                    help="DFAD: let the generator backpropagate through the teacher (official DFAD; grey-box, not ONNX)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where students train (default auto)")
+    g.add_argument("--label-smoothing", type=float, metavar="EPS",
+                   help="smoothing of the label-smoothing baseline student (default 0.1; 0 turns the baseline off)")
     g.add_argument("--force", action="store_true", help="audit even if the teacher sanity check fails (the report says so)")
     add_expected_accuracy_option(g)
 
@@ -102,6 +106,6 @@ def audit_request_fields(args: argparse.Namespace) -> dict[str, Any]:
         "sweep": sweep,
     }
     top = _given(dataset=args.dataset, attacks=args.attacks, students=args.students, seeds=args.seeds,
-                 fraction=args.fraction, device=args.device, force=args.force or None,
-                 expected_accuracy=args.expected_accuracy, panel=args.panel)
+                 fraction=args.fraction, label_smoothing=args.label_smoothing, device=args.device, force=args.force or None,
+                 expected_accuracy=args.expected_accuracy, panel=args.panel, image_size=args.image_size)
     return {**top, **{name: section for name, section in sections.items() if section}}

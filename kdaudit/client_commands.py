@@ -67,7 +67,8 @@ def cmd_register_remote(args: argparse.Namespace) -> int:
 @one_line_errors
 def cmd_submit(args: argparse.Namespace) -> int:
     with api_client(args) as c:
-        doc = c.submit(args.teacher_id, idempotency_key=args.idempotency_key, **audit_request_fields(args))
+        fields = audit_request_fields(args) | ({"dataset_name": args.dataset_name} if args.dataset_name else {})
+        doc = c.submit(args.teacher_id, idempotency_key=args.idempotency_key, **fields)
     if args.json:
         print_json(doc)
     else:
@@ -185,6 +186,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("teacher_id")
     p.add_argument("--idempotency-key", help="retries with the same key return the same audit")
     add_audit_options(p)
+    p.add_argument("--dataset-name", help="for --dataset folder: one of the server's image-folder datasets, by name "
+                   "(a sub-folder of its KDAUDIT_FOLDER_DATASETS_DIR; never a path)")
     p.set_defaults(func=cmd_submit)
 
     p = subparsers.add_parser("status", parents=[client], help="show an audit's status")

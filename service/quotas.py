@@ -67,13 +67,13 @@ def check_audit_size(config: dict[str, Any], settings) -> float:
 def tenant_compute_admission(tenant_id: str, flops: float, settings):
     """A callback for `repo.create_audit(admit=...)`: runs under the tenant's lock, so the sum of
     the tenant's queued + running audits and this one is checked atomically (429 beyond)."""
-    from kdaudit.distill.budget import audit_compute
+    from kdaudit.service.defence_plan import config_flops
 
     def admit(session: Session) -> None:
         active = 0.0
         for cfg in quotas.active_configs(session, tenant_id):
             try:
-                active += audit_compute(cfg).flops
+                active += config_flops(cfg)  # an audit's, or the sum of a defence comparison's audits
             except Exception:  # an old or foreign config the estimator cannot read: count nothing
                 continue
         limit = settings.max_compute_flops_per_tenant

@@ -7,7 +7,17 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdaudit.distill.config import AttackName, SweepSettings, ThreatModel
+from kdaudit.distill.config import (
+    DEFAULT_LABEL_SMOOTHING,
+    IMAGE_SIZE_HELP,
+    LABEL_SMOOTHING_HELP,
+    AttackName,
+    FolderDatasetName,
+    ImageSize,
+    LabelSmoothing,
+    SweepSettings,
+    ThreatModel,
+)
 from kdaudit.distill.planning.runs import cohort_size, kind_of_key, trains_in_cohort
 from kdaudit.distill.preprocess import TeacherInput
 from kdaudit.store.models import Audit, Teacher
@@ -150,9 +160,15 @@ class AuditCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     teacher_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
-    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"] | None = Field(
-        default=None, description="Defaults to the dataset the teacher was uploaded for."
+    dataset: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse", "folder"] | None = Field(
+        default=None, description="Defaults to the dataset the teacher was uploaded for. `folder`: an image-folder "
+        "dataset the operator provides (setting folder_datasets_dir), named by `dataset_name`.",
     )
+    dataset_name: FolderDatasetName | None = Field(
+        default=None, description="With dataset `folder`: the name of one of the server's image-folder datasets "
+        "(a sub-folder of folder_datasets_dir; never a path).",
+    )
+    image_size: ImageSize | None = Field(default=None, description=IMAGE_SIZE_HELP)
     force: bool | None = Field(default=None, description="Run even if the teacher sanity check fails (the report says so).")
     expected_accuracy: float | None = Field(
         default=None, ge=0, le=100, description="Overrides the teacher's declared expected accuracy for this audit.",
@@ -164,6 +180,7 @@ class AuditCreate(BaseModel):
     seeds: int | None = Field(default=None, ge=1, le=20)
     base_seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     fraction: float | None = Field(default=None, gt=0, le=1)
+    label_smoothing: LabelSmoothing | None = Field(default=DEFAULT_LABEL_SMOOTHING, description=LABEL_SMOOTHING_HELP)
     device: Literal["auto", "cpu", "cuda"] | None = Field(default=None, description="Device hint for the worker.")
     epochs: int | None = Field(default=None, ge=1, le=1000, description="Shorthand for schedule.epochs.")
     schedule: dict[str, Any] | None = Field(default=None, description="TrainSchedule fields (epochs, batch_size, lr, ...).")
@@ -193,6 +210,8 @@ def _cohort_size(config: dict[str, Any] | None) -> int:
 
 class AuditOut(BaseModel):
     id: str
+    kind: Literal["audit", "defend"] = Field(default="audit", description="'defend': a defence comparison "
+                                             "(POST /v1/defences); its report is the kdaudit.defences/v1 matrix.")
     status: Status
     teacher_id: str
     progress: Progress
@@ -223,6 +242,7 @@ class AuditOut(BaseModel):
             frac = min((a.runs_done + partial) / total, 1.0)
         return cls(
             id=a.id,
+            kind=a.kind or "audit",  # type: ignore[arg-type]
             status=a.status,  # type: ignore[arg-type]
             teacher_id=a.teacher_id,
             progress=Progress(

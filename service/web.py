@@ -1,7 +1,8 @@
 """The human side of the service: a small web UI and the HTML report.
 
     GET /                               the UI (sign in with an API key, upload a teacher,
-                                        start an audit, follow audits, open reports)
+                                        start an audit or a defence comparison, follow
+                                        audits, open reports)
     GET /audits/{id}/report             UI page that shows one audit's HTML report
     GET /static/{name}                  the UI's CSS and JavaScript (no external assets)
     GET /v1/audits/{id}/report.html     the self-contained HTML report (Bearer key, like /v1;
@@ -10,7 +11,8 @@
 The UI pages are server-rendered Jinja2 templates that hold no data: their JavaScript
 calls the JSON API with the key the user typed in (kept in sessionStorage, so it goes
 when the tab closes). The HTML report is rendered from the stored report JSON by
-`kdaudit.reporting.html_page` (matplotlib, imported on first use).
+`kdaudit.reporting.html_page` (matplotlib, imported on first use), or, for a defence
+comparison (schema kdaudit.defences/v1), by `kdaudit.reporting.defence_html`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sqlalchemy.orm import Session
 
 import kdaudit
 from kdaudit.distill.attacks import attack_names, attack_spec
+from kdaudit.distill.defences.registry import DEFAULT_DEFENCES
 from kdaudit.service import trail
 from kdaudit.service.auth import current_tenant
 from kdaudit.service.deps import get_session, get_settings
@@ -100,6 +103,7 @@ def ui_index(request: Request) -> HTMLResponse:
         preprocess_choices=PREPROCESS_CHOICES,
         default_students=", ".join(defaults["students"].default_factory()),  # type: ignore[misc]
         default_seeds=defaults["seeds"].default,
+        default_defences=", ".join(DEFAULT_DEFENCES),
     )
 
 
@@ -128,8 +132,6 @@ _cache_lock = threading.Lock()
 
 def _render_cached(audit_id: str, body: dict[str, Any]) -> str:
     """Reports are immutable once stored, but key on the content anyway."""
-    from kdaudit.reporting.html_page import render_report_html
-
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     key = f"{audit_id}:{digest}"
     with _cache_lock:
@@ -137,7 +139,7 @@ def _render_cached(audit_id: str, body: dict[str, Any]) -> str:
             _cache.move_to_end(key)
             return _cache[key]
     try:
-        text = render_report_html(body, audit_id=audit_id)
+        text = _renderer(body)(body, audit_id=audit_id)
     except ValueError as e:  # pydantic ValidationError included: a stored body that is not a v1 report
         raise Problem(500, f"the stored report cannot be rendered ({type(e).__name__})", slug="report-unrenderable") from None
     with _cache_lock:
@@ -145,6 +147,19 @@ def _render_cached(audit_id: str, body: dict[str, Any]) -> str:
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return text
+
+
+def _renderer(body: dict[str, Any]):
+    """The page for the report's schema: an audit's report, or a defence comparison's matrix."""
+    from kdaudit.distill.defences.matrix import SCHEMA as DEFENCES_SCHEMA
+
+    if body.get("schema") == DEFENCES_SCHEMA:
+        from kdaudit.reporting.defence_html import render_defences_html
+
+        return render_defences_html
+    from kdaudit.reporting.html_page import render_report_html
+
+    return render_report_html
 
 
 @router.get(

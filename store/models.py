@@ -119,7 +119,9 @@ class Audit(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     teacher_id: Mapped[str] = mapped_column(ForeignKey("teachers.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
-    #: the fully resolved AuditConfig (model_dump)
+    #: 'audit' (one teacher, its attack panel) or 'defend' (the defence x attack matrix, POST /v1/defences)
+    kind: Mapped[str] = mapped_column(String(16), default="audit", server_default="audit")
+    #: the fully resolved AuditConfig (model_dump); for kind 'defend' the DefendConfig
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     #: sha256 of the canonical request body, to refuse an Idempotency-Key reused for another request

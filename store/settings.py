@@ -8,6 +8,7 @@ All fields read `KDAUDIT_*` environment variables like the base class.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
@@ -59,6 +60,12 @@ class ServiceSettings(Settings):
         description="Hosts remote (HTTP) teachers may be registered at and queried on: comma-separated host or "
         "host:port entries (env KDAUDIT_REMOTE_TEACHER_HOSTS). Empty (default): remote teachers are disabled. "
         "A name's non-public addresses (loopback, private, link-local) must be listed too. See docs/security.md.",
+    )
+    folder_datasets_dir: Path | None = Field(
+        default=None,
+        description="Folder whose sub-folders are image-folder datasets (train/<class>/, test/<class>/) audits may "
+        "name: `dataset: folder` with `dataset_name`, a sub-folder's name, never a path. The API and the workers "
+        "must see it at the same path. Unset (default): image-folder datasets are off in the service.",
     )
 
     operator_tenants: Annotated[list[str], NoDecode] = Field(

@@ -1,4 +1,6 @@
-"""The whole-audit job: claim the audit, run the engine, record runs/progress, store the report."""
+"""The whole-audit job: claim the audit, run the engine, record runs/progress, store the report.
+
+An audit of kind 'defend' (a defence comparison) is claimed the same way and handed to workers/defend_job.py."""
 
 from __future__ import annotations
 
@@ -44,6 +46,10 @@ def execute_audit(audit_id: str, settings: ServiceSettings | None = None, wid: s
     beat.start()
     try:
         with factory() as session:
+            if audit.kind == "defend":  # a defence comparison (POST /v1/defences): same claim, other engine
+                from kdaudit.workers.defend_job import run_defend
+
+                return run_defend(session, settings, audit_id, wid, teacher, config_data, beat)
             return _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat)
     finally:
         beat.stop.set()

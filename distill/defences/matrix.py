@@ -17,7 +17,6 @@ from pydantic import BaseModel, Field
 
 from kdaudit.distill.defences.pareto import Point, pareto_front, recommend, recommendation_rule
 from kdaudit.distill.defences.registry import Defence, Stage
-from kdaudit.distill.defences.utility import ECE_RULE, Utility
 from kdaudit.distill.intervals import INTERVAL_METHOD, compare
 from kdaudit.distill.report import PROTECTION_RULE, VERDICT_RULE, AccuracyStats, AttackResult, Report
 from kdaudit.distill.verdicts import Baselines, judge
@@ -25,11 +24,34 @@ from kdaudit.distill.verdicts import Baselines, judge
 SCHEMA = "kdaudit.defences/v1"
 #: attacks a label-only thief runs: normal KD / the skeptical student on the served answers' top class
 LABEL_ONLY_PREFIX = "label_only_"
+#: a defence that may move the top class still leaves a label-only thief its argmax; when it moved
+#: the top class on at most this share of test answers (percent), that thief's students are the
+#: `label` setting's (it reads the same labels on all but that share)
+LABEL_ONLY_MAX_CHANGED_PCT = 1.0
 LABEL_ONLY_RULE = (
     "label_only_* = the same attack trained on the endpoint's top class alone (a thief who ignores the scores); "
-    "listed where the defence keeps the teacher's top class and serves more than a label (for `label` it is the row's "
-    "own normal_kd / skeptical); not run for defences that perturb the top class (rsig, noise)"
+    "listed for every defence that serves more than a label (for `label` it is the row's own normal_kd / skeptical). "
+    "For defences that may move the top class (rsig, noise) the label-only students are the `label` setting's when "
+    f"the defence moved the top class on at most {LABEL_ONLY_MAX_CHANGED_PCT:g}% of test answers; beyond that the "
+    "label-only thief is not measured, the row's worst case is a lower bound and the row is not recommended"
 )
+
+
+#: the utility measurement's rules (measured in distill/defences/utility.py; torch-free here, the schema)
+ECE_BINS = 15
+ECE_RULE = (f"expected calibration error over {ECE_BINS} equal-width confidence bins on (0, 1]: sum over bins of "
+            "(share of test images in the bin) x |accuracy - mean confidence|, in points; confidence = the top score "
+            "the endpoint returns (probabilities as sent, logits through a softmax); none for label-only answers")
+
+
+class Utility(BaseModel):
+    """The honest user's view of one defence (test split, percent / points)."""
+
+    top1: float = Field(description="Top-1 accuracy of the served answers, percent.")
+    top1_drop: float = Field(description="Undefended teacher's top-1 minus this, points (the utility lost).")
+    top5: float | None = Field(description="Top-5 accuracy, percent; None when fewer than 5 classes are ranked.")
+    ece: float | None = Field(description="Expected calibration error, points (ECE_RULE); None for label-only answers.")
+    argmax_changed: float = Field(description="Share of test answers whose top class differs from the undefended teacher's, percent.")
 
 
 class AttackCell(BaseModel):
@@ -51,6 +73,8 @@ class DefenceRow(BaseModel):
     utility: Utility
     attacks: list[AttackCell]
     worst_case: AttackCell | None = Field(description="The attack whose student scores highest (the owner's worst case).")
+    worst_case_complete: bool = Field(default=True, description="False when an attack of the panel (the label-only "
+                                      "thief) was not measured: the worst case is then a lower bound (LABEL_ONLY_RULE).")
     leakage: str = Field(description="leaks / resists / inconclusive over this row's attacks (VERDICT_RULE).")
     protection: str | None = Field(description="none / holds / broken / inconclusive (PROTECTION_RULE).")
     verdict_reason: str
@@ -90,8 +114,11 @@ class DefenceMatrix(BaseModel):
         return self.model_dump_json(by_alias=True, indent=2)
 
 
-def attacks_for(defence: Defence, reports: list[Report]) -> tuple[list[AttackResult], list[str]]:
-    """The row's attack results (copies) from its teacher's audit(s), plus notes on what is left out."""
+def attacks_for(defence: Defence, reports: list[Report], argmax_changed: float = 0.0) -> tuple[list[AttackResult], list[str], bool]:
+    """The row's attack results (copies) from its teacher's audit(s), notes on what is left out, and
+    whether every attack of the panel was measured (False: the worst case is only a lower bound).
+
+    `argmax_changed`: the share of test answers (percent) whose top class the defence moved (utility.py)."""
     serving = defence.serving
     own = _setting(reports, serving)
     notes: list[str] = []
@@ -99,13 +126,19 @@ def attacks_for(defence: Defence, reports: list[Report]) -> tuple[list[AttackRes
         raise ValueError(f"no audit setting for output {serving} (defence {defence.name})")
     cells = [a.model_copy(deep=True) for a in own]
     family, policy = defence.family, defence.policy
-    if policy.kind != "label":  # top1 too: a hard-label thief trains at tau 1 on CE, not KD on a one-hot target
-        if family.keeps_argmax:
-            label = _setting(reports, "label") or []
-            cells += [a.model_copy(deep=True, update={"attack": LABEL_ONLY_PREFIX + a.attack}) for a in label]
-        else:
-            notes.append("no label-only attack: this defence perturbs the top class itself")
-    return cells, notes
+    if policy.kind == "label":
+        return cells, notes, True
+    # top1 too: a hard-label thief trains at tau 1 on CE, not KD on a one-hot target
+    if family.keeps_argmax or argmax_changed <= LABEL_ONLY_MAX_CHANGED_PCT:
+        label = _setting(reports, "label") or []
+        cells += [a.model_copy(deep=True, update={"attack": LABEL_ONLY_PREFIX + a.attack}) for a in label]
+        if not family.keeps_argmax:
+            notes.append(f"label-only thief: the `label` setting's students (this defence moved the top class on "
+                         f"{argmax_changed:.2f}% of test answers, so a thief keeping the top class sees the teacher's labels)")
+        return cells, notes, bool(label)
+    notes.append(f"no label-only attack measured: this defence moved the top class on {argmax_changed:.2f}% of test "
+                 "answers; the worst case is a lower bound and the row is not recommended")
+    return cells, notes, False
 
 
 def _setting(reports: list[Report], output: str) -> list[AttackResult] | None:
@@ -119,7 +152,7 @@ def _setting(reports: list[Report], output: str) -> list[AttackResult] | None:
 
 
 def build_row(defence: Defence, reports: list[Report], utility: Utility) -> DefenceRow:
-    attacks, notes = attacks_for(defence, reports)
+    attacks, notes, complete = attacks_for(defence, reports, utility.argmax_changed)
     base = reports[0]
     context = Baselines(scratch={s.student: s.accuracy for s in base.scratch},
                         label_smoothing={s.student: s.accuracy for s in base.label_smoothing},
@@ -137,11 +170,14 @@ def build_row(defence: Defence, reports: list[Report], utility: Utility) -> Defe
         teacher=defence.teacher_key, utility=utility, attacks=cells, worst_case=worst, leakage=leak.verdict,
         protection=protection.verdict if protection is not None else None,
         verdict_reason=leak.reason + (f"; protection: {protection.reason}" if protection is not None else ""), notes=notes,
+        worst_case_complete=complete,
     )
 
 
 def summarise(rows: list[DefenceRow], max_loss: float) -> tuple[list[str], Recommendation]:
-    points = [Point(r.name, r.utility.top1_drop, r.worst_case.accuracy.mean) for r in rows if r.worst_case is not None]
+    # a row whose worst case is only a lower bound (label-only thief not measured) is neither on the front nor recommended
+    points = [Point(r.name, r.utility.top1_drop, r.worst_case.accuracy.mean, _calibration_cost(r, rows))
+              for r in rows if r.worst_case is not None and r.worst_case_complete]
     front = pareto_front(points)
     best = recommend(points, max_loss)
     rule = recommendation_rule(max_loss)
@@ -159,6 +195,14 @@ def summarise(rows: list[DefenceRow], max_loss: float) -> tuple[list[str], Recom
     return front, Recommendation(defence=best.name, rule=rule, reason=reason)
 
 
+def _calibration_cost(row: DefenceRow, rows: list[DefenceRow]) -> float:
+    """ECE added over no defence, points (0 when either has none): the recommendation's tie-break."""
+    none = next((r for r in rows if r.name == "none"), None)
+    if none is None or row.utility.ece is None or none.utility.ece is None:
+        return 0.0
+    return max(0.0, row.utility.ece - none.utility.ece)
+
+
 def _versus_none(worst: AttackCell, none_worst: AttackCell) -> str:
     """Is the recommended defence's worst case settled below the undefended one's? (Welch, distill/intervals.py)"""
     c = compare(worst.attack, worst.accuracy.runs, none_worst.attack, none_worst.accuracy.runs, worst.student)
@@ -170,6 +214,7 @@ def rules(max_loss: float) -> dict[str, str]:
     return {"utility": ECE_RULE + "; top-1 drop = undefended teacher (owner's model, full logits) minus the served top-1; "
             "top-5 only where the answer ranks >= 5 classes", "intervals": INTERVAL_METHOD, "leakage": VERDICT_RULE,
             "protection": PROTECTION_RULE, "label_only": LABEL_ONLY_RULE, "recommendation": recommendation_rule(max_loss),
-            "pareto": "a defence is on the front when no other has both utility lost <= and worst case <=, one strictly",
+            "pareto": "a defence is on the front when no other has both utility lost <= and worst case <=, one strictly "
+                      "(rows whose worst case is a lower bound are left out)",
             "worst_case": "the highest mean test accuracy over the row's attacks and students (skeptical_e included)",
             "splits": "students pick checkpoints on the validation split; every number here is on the test split"}

@@ -16,7 +16,8 @@ DEFAULT_MAX_LOSS_PTS = 1.0
 
 def recommendation_rule(max_loss: float) -> str:
     return (f"among defences that lose at most {max_loss:g} pt of top-1 accuracy, the one with the lowest worst-case "
-            "student accuracy (the best attack's mean over seeds); ties -> the least utility lost, then the name")
+            "student accuracy (the best attack's mean over seeds), every attack of its panel measured; ties -> the "
+            "least top-1 lost, then the least calibration lost (ECE added), then the name")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class Point:
     name: str
     utility_lost: float
     worst_case: float
+    #: ECE added over no defence (points): a tie-break only, not a Pareto axis
+    calibration_cost: float = 0.0
 
 
 def dominates(a: Point, b: Point) -> bool:
@@ -40,4 +43,4 @@ def pareto_front(points: list[Point]) -> list[str]:
 def recommend(points: list[Point], max_loss: float = DEFAULT_MAX_LOSS_PTS) -> Point | None:
     """The rule above; None when no defence stays within `max_loss`."""
     eligible = [p for p in points if p.utility_lost <= max_loss]
-    return min(eligible, key=lambda p: (p.worst_case, p.utility_lost, p.name)) if eligible else None
+    return min(eligible, key=lambda p: (p.worst_case, p.utility_lost, p.calibration_cost, p.name)) if eligible else None

@@ -6,7 +6,8 @@ serving-time part (an output policy of distill/access.py, applied by the endpoin
 answer). `none` is the owner's unmodified teacher serving full logits. Everything that needs
 to know what a defence is - the engine, the utility measurement, the matrix, the CLI's help -
 asks this module, so a new serving defence is one entry in `SERVING_FAMILIES` plus its
-`OutputPolicy` kind.
+`OutputPolicy` kind. Torch-free (policies parse through distill/policy_spec.py), so the API
+validates a defence list without loading the engine.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdaudit.core.errors import InputError
-from kdaudit.distill.access import OutputPolicy
+from kdaudit.distill.policy_spec import PolicySpec
 
 Stage = Literal["none", "training", "serving", "training+serving"]
 #: what an honest API user receives, which decides how their utility is measured (distill/defences/utility.py)
@@ -69,8 +70,9 @@ class Defence(BaseModel):
     serving: str = Field(default="logits", description="Output policy spec the endpoint applies (distill/access.py).")
 
     @property
-    def policy(self) -> OutputPolicy:
-        return OutputPolicy.parse(self.serving)
+    def policy(self) -> PolicySpec:
+        """The serving policy, torch-free (distill/access.py `OutputPolicy.of` makes it appliable)."""
+        return PolicySpec.parse(self.serving)
 
     @property
     def family(self) -> ServingFamily:
@@ -133,7 +135,7 @@ def parse_defence(spec: str, *, default_omega: float, default_tau: float) -> Def
             continue
         if serving is not None:
             raise InputError(f"defence {spec!r} names two serving policies ({serving}, {part}); combine at most one with nasty")
-        serving = OutputPolicy.parse(part).spec
+        serving = PolicySpec.parse(part).spec
     try:
         return Defence(nasty_omega=omega, nasty_tau=default_tau if omega is not None else None, serving=serving or "logits")
     except ValueError as e:

@@ -13,28 +13,14 @@ through a softmax, and a bare label carries no confidence, so no ECE.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, Field
 
 from kdaudit.distill.access import OutputPolicy
+from kdaudit.distill.defences.matrix import ECE_BINS, Utility  # the schema's, torch-free
 from kdaudit.distill.defences.registry import SERVING_FAMILIES
-
-ECE_BINS = 15
-ECE_RULE = (f"expected calibration error over {ECE_BINS} equal-width confidence bins on (0, 1]: sum over bins of "
-            "(share of test images in the bin) x |accuracy - mean confidence|, in points; confidence = the top score "
-            "the endpoint returns (probabilities as sent, logits through a softmax); none for label-only answers")
+from kdaudit.distill.policy_spec import PolicySpec
 
 
-class Utility(BaseModel):
-    """The honest user's view of one defence (test split, percent / points)."""
-
-    top1: float = Field(description="Top-1 accuracy of the served answers, percent.")
-    top1_drop: float = Field(description="Undefended teacher's top-1 minus this, points (the utility lost).")
-    top5: float | None = Field(description="Top-5 accuracy, percent; None when fewer than 5 classes are ranked.")
-    ece: float | None = Field(description="Expected calibration error, points (ECE_RULE); None for label-only answers.")
-    argmax_changed: float = Field(description="Share of test answers whose top class differs from the undefended teacher's, percent.")
-
-
-def served_scores(policy: OutputPolicy, view: torch.Tensor) -> torch.Tensor | None:
+def served_scores(policy: PolicySpec, view: torch.Tensor) -> torch.Tensor | None:
     """The scores the user reads, from the policy's log-space view (None: a label carries none)."""
     returns = SERVING_FAMILIES[policy.kind].returns
     if returns == "label":
@@ -42,7 +28,7 @@ def served_scores(policy: OutputPolicy, view: torch.Tensor) -> torch.Tensor | No
     return view.float().softmax(1) if returns == "logits" else view.float().exp()
 
 
-def ranked_classes(policy: OutputPolicy, num_classes: int) -> int:
+def ranked_classes(policy: PolicySpec, num_classes: int) -> int:
     """How many classes the answer puts in order: K for top-K and stingy-K, 1 for a label, else all."""
     if policy.kind == "label":
         return 1
@@ -63,10 +49,10 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
     return round(100.0 * total, 3)
 
 
-def measure_utility(policy: OutputPolicy, defended_logits: torch.Tensor, undefended_logits: torch.Tensor,
+def measure_utility(policy: PolicySpec, defended_logits: torch.Tensor, undefended_logits: torch.Tensor,
                     labels: torch.Tensor, undefended_top1: float) -> Utility:
     """Utility of `policy` served on top of `defended_logits` (the owner's or a nasty teacher's test logits)."""
-    view = policy.apply(defended_logits.float())
+    view = OutputPolicy.of(policy).apply(defended_logits.float())
     predicted = view.argmax(1)
     labels = labels.to(predicted.device)
     correct = (predicted == labels).float()

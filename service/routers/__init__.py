@@ -4,6 +4,7 @@
     compare.py    POST /v1/compare                 diff two reports
     teachers.py   /v1/teachers[/remote|/{id}]      upload, register remote, list, read, delete
     audits.py     /v1/audits[/{id}[/cancel]]       submit, list, poll, cancel, delete
+    defences.py   POST /v1/defences                submit a defence comparison (an audit of kind 'defend')
     reports.py    GET /v1/audits/{id}/report       the stored report (JSON)
     events.py     GET /v1/events                   the tenant's access trail
     keys.py       /v1/keys[/{id}]                  list and revoke API keys
@@ -16,7 +17,7 @@ The web UI and the HTML report are service/web.py.
 
 from __future__ import annotations
 
-from kdaudit.service.routers import audits, compare, events, keys, reports, selftest, teachers
+from kdaudit.service.routers import audits, compare, defences, events, keys, reports, selftest, teachers
 
 #: The order matters only where two routes share a path template (e.g. GET and DELETE
 #: /v1/teachers/{id}): the first one found answers a 405 with its `Allow` header. It keeps the
@@ -26,6 +27,7 @@ ROUTERS = (
     compare.router,
     teachers.router,
     audits.router,
+    defences.router,
     reports.router,
     events.router,
     keys.router,

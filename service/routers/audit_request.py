@@ -7,10 +7,12 @@ nothing invalid is ever queued.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from kdaudit.core.errors import KdauditError
 from kdaudit.service.problems import Problem
 from kdaudit.service.remote_threat import apply_remote_threat
 from kdaudit.service.schemas import AuditCreate
@@ -23,13 +25,14 @@ _PASSED_THROUGH = ("attacks", "students", "seeds", "base_seed", "fraction", "dev
                    "threat", "sweep", "panel")  # fmt: skip
 
 
-def build_config(body: AuditCreate, teacher: Teacher, files: FileStore | None = None) -> dict[str, Any]:
-    """The JSON form of the AuditConfig this request asks for (422 when the engine would refuse it)."""
+def build_config(body: AuditCreate, teacher: Teacher, files: FileStore | None = None,
+                 folder_root: Path | None = None) -> dict[str, Any]:
+    """The JSON form of the AuditConfig this request asks for (422 when the engine would refuse it).
+    `folder_root` is the operator's `folder_datasets_dir`, where `dataset_name` is looked up."""
     from kdaudit.distill.config import AuditConfig
-    from kdaudit.distill.data import dataset_spec
 
     dataset = body.dataset or teacher.dataset
-    spec = dataset_spec(dataset)
+    dataset_path, spec = _dataset(body, dataset, folder_root)
     if spec.num_classes != teacher.num_classes or spec.in_channels != teacher.in_channels:
         raise Problem(
             422,
@@ -37,12 +40,14 @@ def build_config(body: AuditCreate, teacher: Teacher, files: FileStore | None = 
             f"dataset {dataset!r} has {spec.num_classes} and {spec.in_channels}",
             slug="validation-error",
         )
-    kwargs: dict[str, Any] = {"teacher_arch": teacher.architecture, "dataset": dataset,
+    kwargs: dict[str, Any] = {"teacher_arch": teacher.architecture, "dataset": dataset, "dataset_path": dataset_path,
+                              "image_size": body.image_size,
                               "teacher_input": teacher.preprocess or "dataset", "expected_accuracy": teacher.expected_accuracy}
     if body.expected_accuracy is not None:
         kwargs["expected_accuracy"] = body.expected_accuracy
     if body.force is not None:
         kwargs["force"] = body.force
+    kwargs["label_smoothing"] = body.label_smoothing  # null is meaningful here: no label-smoothing baseline
     for name in _PASSED_THROUGH:
         value = getattr(body, name)
         if value is not None:
@@ -63,3 +68,22 @@ def build_config(body: AuditCreate, teacher: Teacher, files: FileStore | None = 
         ]
         summary = "; ".join(f"{'.'.join(x['loc'])}: {x['msg']}" for x in errors[:5])
         raise Problem(422, f"invalid audit configuration: {summary}", slug="validation-error", errors=errors) from None
+
+
+def _dataset(body: AuditCreate, dataset: str, folder_root: Path | None) -> tuple[str | None, Any]:
+    """(dataset_path, DatasetSpec) of the request's dataset: an image folder only by its name under
+    the operator's root (distill/folder_data.py `named_folder`), never a path the tenant gives."""
+    from kdaudit.distill.data import dataset_spec
+    from kdaudit.distill.folder_data import named_folder
+
+    if dataset == "folder" and body.dataset_name is None:
+        raise Problem(422, "dataset 'folder' needs `dataset_name`: one of the server's image-folder datasets",
+                      slug="validation-error")
+    if dataset != "folder" and (body.dataset_name is not None or body.image_size is not None):
+        raise Problem(422, "`dataset_name` and `image_size` are for dataset 'folder'", slug="validation-error")
+    try:
+        path = str(named_folder(folder_root, body.dataset_name)) if body.dataset_name is not None else None
+        return path, dataset_spec(dataset, path, body.image_size)
+    except KdauditError as e:  # the operator's folder is named as the setting, not as its path
+        detail = str(e).replace(str(folder_root), "<folder_datasets_dir>") if folder_root else str(e)
+        raise Problem(422, detail, slug="validation-error") from None

@@ -69,7 +69,7 @@ def submit_audit(
     from kdaudit.distill.runner import plan_runs
 
     teacher = owned_teacher(session, tenant.id, body.teacher_id)
-    config = build_config(body, teacher, files)
+    config = build_config(body, teacher, files, settings.folder_datasets_dir)
     runs_total = len(plan_runs(AuditConfig.model_validate(config)))
     fingerprint = repo.request_fingerprint(body.model_dump(mode="json", exclude_none=True))
     replay = idempotency_key is not None and repo.get_by_idempotency_key(session, tenant.id, idempotency_key)

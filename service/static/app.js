@@ -183,6 +183,7 @@
     const t = teachers.get(a.teacher_id);
     const cfg = a.config || {};
     const what = [
+      a.kind === "defend" ? `defence comparison (${(cfg.defences || []).join(", ")})` : null,
       t ? `${t.architecture || t.format} (${t.filename})` : `teacher ${a.teacher_id.slice(0, 8)}`,
       cfg.dataset,
       cfg.students ? `students ${cfg.students.join(", ")}` : null,
@@ -439,6 +440,9 @@
       showError($("report-error"), e);
     }
   }
+
+  // for the pages' other scripts (static/defences.js): the same plumbing, not a copy
+  window.kdaudit = { api, clear, flash, randomKey, refreshAudits, showError, signOut };
 
   document.addEventListener("DOMContentLoaded", () => {
     const out = $("sign-out");

@@ -51,13 +51,15 @@ def create_audit(
     max_active: int | None = None,
     parts: list[list[int]] | None = None,
     admit: Callable[[Session], None] | None = None,
+    kind: str = "audit",
 ) -> tuple[Audit, bool]:
     """Insert a queued audit; with an Idempotency-Key, return the earlier audit instead.
 
     Returns (audit, created). Raises IdempotencyConflict when the key was used for another body,
     ActiveLimit when the tenant already has `max_active` queued or running audits (a replay of
     an Idempotency-Key is answered before the limit is checked). With `parts` (seed sets, see
-    `plan_parts`), the audit's `audit_parts` rows are inserted in the same transaction.
+    `plan_parts`), the audit's `audit_parts` rows are inserted in the same transaction. `kind`
+    'defend' is a defence comparison (its config a DefendConfig), run and kept like any audit.
     """
     if idempotency_key is not None:
         existing = get_by_idempotency_key(session, tenant_id, idempotency_key)
@@ -70,6 +72,7 @@ def create_audit(
         tenant_id=tenant_id,
         teacher_id=teacher_id,
         status="queued",
+        kind=kind,
         config=config,
         runs_total=runs_total,
         runs_done=0,

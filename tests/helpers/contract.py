@@ -52,3 +52,22 @@ def export_onnx(model: torch.nn.Module, path: Path, channels: int = 1, size: int
         torch.onnx.export(model, (torch.zeros(2, channels, size, size),), str(path), dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     return path
+
+
+def write_digits_folder(root: Path, n_train: int = 300, n_test: int = 100):
+    """scikit-learn's digits as an image-folder dataset: `root/{train,test}/digit<k>/<i>.png` (8x8
+    grey, lossless), the first `n_train` images to train, the next `n_test` to test, plus one
+    unreadable file in train. Returns (the uint8 pixels, the labels) of all digits."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    pixels = np.round(d.images * (255 / 16)).astype(np.uint8)
+    for split, rows in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
+        for i in rows:
+            folder = root / split / f"digit{d.target[i]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[i], mode="L").save(folder / f"{i:04d}.png")
+    (root / "train" / "digit3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return pixels, d.target

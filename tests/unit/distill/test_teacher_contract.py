@@ -18,6 +18,7 @@ from kdaudit.distill.report import Report
 from kdaudit.distill.teacher_input import TeacherInputAdapter, apply_contract
 from kdaudit.models.checkpoints import load_teacher, save_teacher
 from kdaudit.models.registry import build_model
+from tests.helpers.contract import write_digits_folder
 
 TINY = ["--students", "cnn-4-8-8-16", "--attacks", "normal_kd", "--epochs", "1", "--seeds", "1", "--device", "cpu", "--quiet"]
 
@@ -223,24 +224,9 @@ def test_inspect_every_format(pixel_teacher, tmp_path, capsys):
 # ------------------------------------------------------------------ image folders
 
 
-def _write_digits_folder(root, n_train=300, n_test=100):
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    pixels = np.round(d.images * (255 / 16)).astype(np.uint8)
-    for split, rows in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
-        for i in rows:
-            folder = root / split / f"digit{d.target[i]}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels[i], mode="L").save(folder / f"{i:04d}.png")
-    (root / "train" / "digit3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    return pixels, d.target
-
-
 def test_image_folder_round_trip(tmp_path, capsys):
     root = tmp_path / "digits_png"
-    pixels, target = _write_digits_folder(root)
+    pixels, target = write_digits_folder(root)
     spec = dataset_spec("folder", root)
     assert (spec.num_classes, spec.in_channels, spec.image_size) == (10, 1, 8)
     s = load_splits("folder", dataset_path=root)

@@ -265,6 +265,7 @@ def _kd(report, output: str) -> float:
 
 
 @pytest.mark.science
+@pytest.mark.timeout(2400)  # the module fixture trains two audits (plus the session teachers when first)
 def test_label_only_kd_from_a_normal_teacher_is_close_to_full_logits(policy_audits):
     """Measured (seeds 0-1, 2 threads): full logits 99.00, top-1 98.74, label-only 98.58 (scratch 98.16)."""
     normal = policy_audits["normal"]
@@ -273,6 +274,7 @@ def test_label_only_kd_from_a_normal_teacher_is_close_to_full_logits(policy_audi
 
 
 @pytest.mark.science
+@pytest.mark.timeout(2400)  # the module fixture trains two audits (plus the session teachers when first)
 def test_top1_and_labels_remove_most_of_the_nasty_teachers_effect(policy_audits):
     """Measured (seeds 0-1): KD from the nasty teacher 93.97 on logits, 98.74 on top-1, 98.58 on labels —
     the same as from the normal teacher: both name the true class of every training image, and a

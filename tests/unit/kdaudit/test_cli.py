@@ -80,7 +80,8 @@ def test_a_renamed_flag_says_what_to_use_instead(argv, instead, capsys):
 AUDIT_FLAGS = ["--attacks", "normal_kd,datafree_dfad", "--students", "cnn-4-8-8-16,cnn-8-8-8-16", "--seeds", "2",
                "--epochs", "3", "--lr", "0.1", "--temperature", "3", "--ac-stage", "2", "--df-iterations", "7",
                "--teacher-output", "probs", "--query-budget", "5000", "--billing", "every", "--sweep-fractions", "0.5,0.25",
-               "--sweep-ac-stages", "1,3", "--sweep-grid", "--panel", "standard", "--force", "--expected-accuracy", "91.5"]
+               "--sweep-ac-stages", "1,3", "--sweep-grid", "--panel", "standard", "--force", "--expected-accuracy", "91.5",
+               "--label-smoothing", "0"]
 
 
 def test_audit_and_submit_take_the_same_audit_flags_as_typed_api_fields():
@@ -100,6 +101,8 @@ def test_audit_and_submit_take_the_same_audit_flags_as_typed_api_fields():
     config = audit_config(local)
     assert config.datafree.budget is None and config.threat.query_budget == 5000  # one budget, every attack
     assert config.schedule.epochs == 3 and config.kd.temperature == 3 and config.expected_accuracy == 91.5
+    assert fields["label_smoothing"] == 0 and config.label_smoothing is None  # 0: no label-smoothing baseline
+    assert audit_config(parser.parse_args(["audit", "t.safetensors"])).label_smoothing == 0.1  # unset: the default
     assert audit_request_fields(parser.parse_args(["submit", "t1"])) == {}  # unset: the server's defaults apply
 
 
@@ -113,8 +116,10 @@ def test_submit_sends_the_audit_flags(monkeypatch, capsys):
         return {"id": "a1", "status": "queued", "progress": {"runs_total": 4}}
 
     monkeypatch.setattr(Client, "submit", submit)
-    assert main(["submit", "t1", "--api-key", "k", "--attacks", "normal_kd", "--sweep-outputs", "top5,label"]) == 0
-    assert sent == {"teacher_id": "t1", "attacks": ["normal_kd"], "sweep": {"outputs": ["top5", "label"]}}
+    assert main(["submit", "t1", "--api-key", "k", "--attacks", "normal_kd", "--sweep-outputs", "top5,label",
+                 "--label-smoothing", "0", "--dataset", "folder", "--dataset-name", "shop-photos", "--image-size", "32"]) == 0
+    assert sent == {"teacher_id": "t1", "attacks": ["normal_kd"], "sweep": {"outputs": ["top5", "label"]}, "label_smoothing": 0.0,
+                    "dataset": "folder", "dataset_name": "shop-photos", "image_size": 32}
     assert capsys.readouterr().out.strip() == "a1"
 
 

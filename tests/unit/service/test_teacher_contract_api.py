@@ -17,7 +17,7 @@ from tests.helpers import service as h  # noqa: E402
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("contract_api")
-    settings = h.embedded_settings(root)
+    settings = h.embedded_settings(root, remote_teacher_hosts=["127.0.0.1"])  # the remote teacher's loopback endpoint
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield {"client": client, "settings": settings, "key": h.new_key(settings, "owner"), "root": root}
 
@@ -52,6 +52,37 @@ def test_onnx_teacher_with_declared_preprocessing_is_audited_at_its_accuracy(env
     assert abs(teacher["accuracy"] - own) <= 0.5
     assert (teacher["architecture"], teacher["format"], teacher["access"]) == (None, "onnx", "black_box")
     assert teacher["preprocessing"]["preset"] == "none"
+
+
+def test_remote_teacher_with_a_declared_contract_is_audited_at_its_accuracy(env, pixel_teacher):
+    """The owner's model behind an HTTP endpoint that takes [0, 1] pixels: registered with
+    `preprocess: none`, the audit sends it what it expects; without it, the gate stops the audit."""
+    from kdaudit.teacher_server import start_teacher_server
+
+    _, model, own = pixel_teacher
+    server, url = start_teacher_server(model, "logits")
+    c, auth = env["client"], h.auth(env["key"])
+    try:
+        r = c.post("/v1/teachers/remote", headers=auth, json={"url": url, "response": "logits", "dataset": "digits",
+                                                              "preprocess": {"preset": "none"},
+                                                              "expected_accuracy": round(own, 2)})
+        assert r.status_code == 201, r.text
+        t = r.json()
+        assert t["format"] == "remote-http" and t["preprocess"]["preset"] == "none"
+        assert c.get(t["links"]["self"], headers=auth).json()["preprocess"]["preset"] == "none"
+        doc, report = _audit(env, t["id"])
+        assert doc["status"] == "succeeded", doc
+        teacher = report.json()["teacher"]
+        assert abs(teacher["accuracy"] - own) <= 0.5
+        assert teacher["preprocessing"]["preset"] == "none" and report.json()["config"]["teacher_input"]["preset"] == "none"
+
+        r = c.post("/v1/teachers/remote", headers=auth, json={"url": url, "response": "logits", "dataset": "digits",
+                                                              "expected_accuracy": round(own, 2)})
+        assert r.status_code == 201 and r.json()["preprocess"]["preset"] == "dataset", r.text
+        doc, _ = _audit(env, r.json()["id"])
+        assert doc["status"] == "failed" and "did you mean `none`?" in doc["error"]
+    finally:
+        server.stop()
 
 
 def test_onnx_teacher_without_its_preprocessing_fails_with_the_suggestion(env, pixel_teacher):
