@@ -7,7 +7,10 @@ declared input contract and stops when
 
 * the owner declared an expected accuracy and the measured one is more than
   `EXPECTED_TOLERANCE_PTS` below it, or
-* the teacher is within 2x of chance (accuracy <= 2 x 100 / classes),
+* the teacher is within 2x of chance (accuracy <= 2 x 100 / classes), or
+* another preprocessing preset that fits the images scores more than `PRESET_MARGIN_PTS`
+  higher than the declared one (an owner who never declared a contract gets the dataset's
+  statistics, and a teacher trained on raw pixels then loses 15 pts without any other sign),
 
 with one error that lists the accuracy under every preset that fits the images and names the
 one that restores it. `force` runs anyway; the report then says the check failed.
@@ -27,9 +30,13 @@ from kdaudit.distill.teacher_input import apply_contract
 
 #: how far below the owner's expected accuracy the measured one may be, points
 EXPECTED_TOLERANCE_PTS = 2.0
+#: how much better another fitting preset may score before the declared one is called a mistake, points
+PRESET_MARGIN_PTS = 2.0
 GATE_RULE = (
     f"the teacher is measured on the test split before any student trains; the audit stops if it scores more than "
-    f"{EXPECTED_TOLERANCE_PTS:g} pts below the owner's expected accuracy, or at most twice chance"
+    f"{EXPECTED_TOLERANCE_PTS:g} pts below the owner's expected accuracy, at most twice chance, or more than "
+    f"{PRESET_MARGIN_PTS:g} pts below its accuracy under another preprocessing preset that fits the images "
+    "(custom mean/std: that comparison is skipped)"
 )
 
 
@@ -45,7 +52,7 @@ class GateResult:
     passed: bool
     forced: bool = False
     message: str | None = None
-    #: accuracy (percent) under each preset that fits, measured only when the check failed
+    #: accuracy (percent) under each preset that fits (a custom mean/std is only compared when the check failed)
     presets: dict[str, float] = field(default_factory=dict)
     suggestion: str | None = None
 
@@ -61,6 +68,20 @@ def _failure(acc: float, expected: float | None, num_classes: int) -> str | None
     if acc <= 2 * chance:
         return f"it scores {acc:.1f} % on the test split, within 2x of chance ({chance:.1f} %)"
     return None
+
+
+def _preset_accuracies(raw_teacher: nn.Module, contract: TeacherInput, accuracy: float, channels: int,
+                       dataset_mean: tuple[float, ...], dataset_std: tuple[float, ...],
+                       measure: Callable[[nn.Module], float]) -> dict[str, float]:
+    """The teacher's test accuracy under its own contract and every other preset that fits the images."""
+    presets: dict[str, float] = {contract.preset: round(accuracy, 2)} if contract.preset != "custom" else {}
+    with torch.no_grad():
+        for p in fitting_presets(channels):
+            if p.preset in presets or p == contract:
+                continue
+            wrapped = apply_contract(raw_teacher, p, channels, dataset_mean, dataset_std)
+            presets[p.preset] = round(measure(wrapped), 2)
+    return presets
 
 
 def check_teacher_sanity(
@@ -79,18 +100,18 @@ def check_teacher_sanity(
     """Pass, or raise `TeacherSanityError` naming the preset that restores the accuracy.
 
     `accuracy` is the teacher's measured under `contract`; `measure(teacher)` measures another
-    wrapping of `raw_teacher` (called only when the check fails, once per fitting preset).
+    wrapping of `raw_teacher` (once per fitting preset; for a custom mean/std only when the check fails).
     """
     why = _failure(accuracy, expected, num_classes)
-    if why is None:
+    if why is None and contract.preset == "custom":  # the owner spelled out mean/std: nothing to second-guess
         return GateResult(accuracy=accuracy, passed=True)
-    presets: dict[str, float] = {contract.preset: round(accuracy, 2)} if contract.preset != "custom" else {}
-    with torch.no_grad():
-        for p in fitting_presets(channels):
-            if p.preset in presets or p == contract:
-                continue
-            wrapped = apply_contract(raw_teacher, p, channels, dataset_mean, dataset_std)
-            presets[p.preset] = round(measure(wrapped), 2)
+    presets = _preset_accuracies(raw_teacher, contract, accuracy, channels, dataset_mean, dataset_std, measure)
+    if why is None:
+        best = max(presets, key=lambda k: presets[k])
+        if best == contract.preset or presets[best] <= accuracy + PRESET_MARGIN_PTS:
+            return GateResult(accuracy=accuracy, passed=True, presets=presets)
+        why = (f"it scores {accuracy:.1f} % on the test split, more than {PRESET_MARGIN_PTS:g} pts below its "
+               f"{presets[best]:.1f} % under another preset")
     best = max(presets, key=lambda k: presets[k]) if presets else None
     restores = best is not None and best != contract.preset and _failure(presets[best], expected, num_classes) is None
     ours = f"`--preprocess {contract.preset}`" if contract.preset != "custom" else "the declared mean/std"

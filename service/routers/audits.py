@@ -38,18 +38,20 @@ from kdaudit.workers.app import TASK_RUN_AUDIT, TASK_RUN_PART
 
 log = logging.getLogger("kdaudit.api")
 router = v1_router()
+#: the error answers of every route that queues work on the workers (audits, defence comparisons)
+SUBMIT_ERRORS = errors(
+    _400="The body is not JSON",
+    _404="No such teacher (of yours)",
+    _413="Body over max_json_body_bytes",
+    _503="The job queue is unreachable; nothing was queued",
+)
 
 
 @router.post(
     "/audits",
     status_code=202,
     response_model=AuditOut,
-    responses=errors(
-        _400="The body is not JSON",
-        _404="No such teacher (of yours)",
-        _413="Body over max_json_body_bytes",
-        _503="The job queue is unreachable; nothing was queued",
-    ),
+    responses=SUBMIT_ERRORS,
 )
 @release_db
 def submit_audit(
@@ -111,15 +113,15 @@ def submit_audit(
             slug="idempotency-key-reused",
         ) from None
     if created:
-        _enqueue(celery, session, audit, parts)
+        enqueue_audit(celery, session, audit, parts)
         request.app.state.metrics.audits_submitted.inc()
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/audits/{audit.id}"
-    return _audit_response(response, audit, settings)
+    return audit_response(response, audit, settings)
 
 
-def _enqueue(celery: Celery, session: Session, audit: Audit, parts: list | None) -> None:
+def enqueue_audit(celery: Celery, session: Session, audit: Audit, parts: list | None) -> None:
     """Send the audit's task(s) to the workers; if the broker is unreachable the new row goes
     again (503), so that nothing waits for a task that was never queued."""
     try:
@@ -181,7 +183,7 @@ def cancel_audit(
     if repo.is_finished(audit.status):
         raise Problem(409, f"the audit already {audit.status}", slug="already-finished", audit_status=audit.status)
     audit = repo.request_cancel(session, audit, settings.stale_after_seconds)
-    return _audit_response(response, audit, settings)
+    return audit_response(response, audit, settings)
 
 
 @router.delete(
@@ -205,7 +207,7 @@ def delete_audit(
     ))  # fmt: skip
 
 
-def _audit_response(response: Response, audit: Audit, settings: ServiceSettings) -> AuditOut:
+def audit_response(response: Response, audit: Audit, settings: ServiceSettings) -> AuditOut:
     """The audit, with `Retry-After` while it is still queued or running."""
     if not repo.is_finished(audit.status):
         response.headers["Retry-After"] = str(settings.retry_after_seconds)

@@ -20,8 +20,8 @@ from kdaudit.service.deps import get_celery, get_session, get_settings
 from kdaudit.service.limits import check_audit_plan, limit_problem
 from kdaudit.service.problems import Problem
 from kdaudit.service.quotas import check_audit_size, tenant_compute_admission
-from kdaudit.service.routers.audits import _audit_response, _enqueue
-from kdaudit.service.routers.base import errors, release_db, v1_router
+from kdaudit.service.routers.audits import SUBMIT_ERRORS, audit_response, enqueue_audit
+from kdaudit.service.routers.base import release_db, v1_router
 from kdaudit.service.routers.ownership import owned_teacher
 from kdaudit.service.schemas import AuditOut
 from kdaudit.store import repo
@@ -35,12 +35,7 @@ router = v1_router()
     "/defences",
     status_code=202,
     response_model=AuditOut,
-    responses=errors(
-        _400="The body is not JSON",
-        _404="No such teacher (of yours)",
-        _413="Body over max_json_body_bytes",
-        _503="The job queue is unreachable; nothing was queued",
-    ),
+    responses=SUBMIT_ERRORS,
 )
 @release_db
 def submit_defences(
@@ -80,12 +75,12 @@ def submit_defences(
         raise Problem(422, f"Idempotency-Key {idempotency_key!r} was already used for a different request (audit {e})",
                       slug="idempotency-key-reused") from None
     if created:
-        _enqueue(celery, session, audit, None)  # one task: the audit job dispatches on the kind
+        enqueue_audit(celery, session, audit, None)  # one task: the audit job dispatches on the kind
         request.app.state.metrics.audits_submitted.inc()
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/audits/{audit.id}"
-    return _audit_response(response, audit, settings)
+    return audit_response(response, audit, settings)
 
 
 def _check_size(config: dict, settings: ServiceSettings) -> float:

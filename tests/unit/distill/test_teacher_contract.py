@@ -151,6 +151,18 @@ def test_onnx_teacher_without_preprocess_stops_with_the_suggestion(pixel_teacher
     assert "did you mean `none`?" in err and "with `--preprocess dataset`" in err and f"{own:.1f} % with `--preprocess none`" in err
 
 
+def test_undeclared_preprocessing_that_cripples_the_teacher_stops_without_an_expected_accuracy(
+        pixel_teacher, tmp_path, capsys):
+    """A new user's first audit of a raw-pixel ONNX teacher, with no contract and no expected accuracy:
+    measured 83.3 % under the dataset's statistics against 98.7 % on raw pixels (2026-12-01). Another
+    preset scoring more than 2 pts higher stops the audit with the suggestion (gate.PRESET_MARGIN_PTS)."""
+    path, _, own = pixel_teacher
+    rc = main(["audit", str(path), "--dataset", "digits", "--out", str(tmp_path / "r.json"), *TINY])
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "r.json").exists()
+    assert "did you mean `none`?" in err and "under another preset" in err and f"{own:.1f} % with `--preprocess none`" in err
+
+
 def test_onnx_teacher_audited_with_its_own_preprocessing_and_no_arch(pixel_teacher, tmp_path, capsys):
     path, _, own = pixel_teacher
     out = tmp_path / "r.json"
@@ -162,6 +174,8 @@ def test_onnx_teacher_audited_with_its_own_preprocessing_and_no_arch(pixel_teach
     assert abs(t.accuracy - own) <= 0.5
     assert (t.architecture, t.format, t.access) == (None, "onnx", "black_box")
     assert t.preprocessing["preset"] == "none" and t.sanity["passed"] is True
+    accuracies = t.sanity["preset_accuracies"]  # every fitting preset measured; the declared one wins
+    assert max(accuracies, key=accuracies.get) == "none" and accuracies["dataset"] < own - 2
     assert report.manifest.config["teacher_input"]["preset"] == "none" and report.config["teacher_arch"] is None
 
 
