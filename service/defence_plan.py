@@ -53,6 +53,11 @@ def build_defend_config(body: DefenceCreate, teacher: Teacher) -> dict[str, Any]
     """The JSON form of the DefendConfig this request asks for (422 when the engine would refuse it)."""
     from kdaudit.distill.defences.config import DefendConfig
 
+    if teacher.format == rt.REMOTE_FORMAT:  # the engine would serve the defences on top of the endpoint's own answers
+        raise Problem(422, f"teacher {teacher.id} is a remote teacher: defence comparisons need the teacher's own "
+                      "scores to apply each serving defence to (upload the ONNX or weights file instead)",
+                      slug="validation-error", errors=[{"loc": ["teacher_id"], "msg": "remote teachers are not "
+                                                        "supported by defence comparisons", "type": "remote_teacher"}])
     if teacher.format in NO_WEIGHTS or not teacher.architecture:
         _refuse_nasty(body.defences or list(DEFAULT_DEFENCES), teacher)
     fields = body.model_dump(exclude_none=True, exclude={"teacher_id"})

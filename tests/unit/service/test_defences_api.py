@@ -107,3 +107,18 @@ def test_a_queued_comparison_is_cancelled_like_an_audit(env):
     assert c.post(f"/v1/audits/{aid}/cancel", headers=auth).json()["status"] == "cancelled"
     assert execute_audit(aid, env["settings"]).startswith("skipped")
     assert c.get(f"/v1/audits/{aid}/report", headers=auth).status_code == 409
+
+
+def test_a_remote_teacher_is_refused_with_a_reason():
+    """Serving defences are applied to the teacher's own scores; a remote endpoint's answers are already
+    served, so the comparison is refused at the edge (422), never run on the wrong scores."""
+    from types import SimpleNamespace
+
+    from kdaudit.service.defence_plan import DefenceCreate, build_defend_config
+    from kdaudit.service.problems import Problem
+    from kdaudit.store.remote_teachers import REMOTE_FORMAT
+
+    teacher = SimpleNamespace(id="t1", format=REMOTE_FORMAT, architecture=None, dataset="digits")
+    with pytest.raises(Problem) as e:
+        build_defend_config(DefenceCreate(teacher_id="t1", defences=["top1"]), teacher)
+    assert e.value.status == 422 and "remote teacher" in str(e.value.detail)
