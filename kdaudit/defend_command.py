@@ -10,12 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _csv(value: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
+from kdaudit.audit_options import comma_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,15 +28,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", required=True, help="the teacher's architecture, e.g. cnn-16-32-32-64 (nasty teachers use it too)")
     p.add_argument("--dataset", default="digits", help="digits | mnist | fashion-mnist | cifar10 | cifar100 | npz | folder")
     p.add_argument("--dataset-path", help="for --dataset npz / folder")
-    p.add_argument("--defences", type=_csv, default=list(DEFAULT_DEFENCES),
+    p.add_argument("--defences", type=comma_list(), default=list(DEFAULT_DEFENCES),
                    help=f"comma-separated (default {','.join(DEFAULT_DEFENCES)}); bare `nasty` = the dataset's protect omega")
-    p.add_argument("--students", type=_csv, default=["cnn-4-8-8-16"], help="student architectures, comma-separated")
+    p.add_argument("--students", type=comma_list(), default=["cnn-4-8-8-16"], help="student architectures, comma-separated")
     p.add_argument("--seeds", type=int, default=3, help="seeds per attack (default 3; intervals need >= 2)")
     p.add_argument("--epochs", type=int, help="student epochs (default: the dataset's, 40 on digits)")
     p.add_argument("--fraction", type=float, default=1.0, help="share of the training set the thief holds (default 1)")
     p.add_argument("--nasty-epochs", type=int, help="nasty teachers' epochs (default: protect's recipe, 150 on digits)")
     p.add_argument("--datafree", action="store_true",
                    help="add the data-free DFAD attack where the defence serves full scores (slow on CPU; off by default)")
+    p.add_argument("--query-budget", type=int, help="cap on billed teacher queries (images) per run, every attack "
+                   "under every defence (as `audit --query-budget`)")
     p.add_argument("--max-utility-loss", type=float, default=1.0,
                    help="recommendation rule: the most top-1 points honest users may lose (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -59,7 +56,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
     config = DefendConfig(teacher_arch=args.arch, dataset=args.dataset, dataset_path=args.dataset_path,
                           defences=args.defences, students=args.students, seeds=args.seeds, epochs=args.epochs,
                           fraction=args.fraction, nasty_epochs=args.nasty_epochs, datafree=args.datafree,
-                          max_utility_loss=args.max_utility_loss, device=args.device)
+                          query_budget=args.query_budget, max_utility_loss=args.max_utility_loss, device=args.device)
     spec = dataset_spec(config.dataset, config.dataset_path)
     teacher = load_teacher(args.teacher, config.teacher_arch, spec.num_classes, spec.in_channels, image_size=spec.image_size)
     matrix = build_matrix(config, teacher, sha256_file(args.teacher), save_dir=args.out.parent,

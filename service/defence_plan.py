@@ -36,6 +36,9 @@ class DefenceCreate(BaseModel):
     base_seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     epochs: int | None = Field(default=None, ge=1, le=1000, description="Student epochs.")
     fraction: float | None = Field(default=None, gt=0, le=1, description="Share of the training set the thief holds.")
+    query_budget: int | None = Field(default=None, ge=1, description="Cap on billed teacher queries (images) per run, "
+                                     "every attack under every defence.")
+    billing: Literal["distinct", "every"] | None = None
     datafree: bool | None = Field(default=None, description="Add DFAD where the defence serves full scores.")
     nasty_epochs: int | None = Field(default=None, ge=1, le=1000, description="Nasty teachers' epochs.")
     max_utility_loss: float | None = Field(default=None, ge=0, le=100, description="Most top-1 points given up.")

@@ -9,7 +9,7 @@ which imports torch), lazily: the API parses with `parse_syntax()` instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -43,6 +43,9 @@ class DefendConfig(BaseModel):
     fraction: float = Field(default=1.0, gt=0, le=1, description="Share of the training set the thief holds.")
     datafree: bool = Field(default=False, description="Add DFAD (data-free) where the defence serves full scores.")
     nasty_epochs: int | None = Field(default=None, ge=1, le=1000, description="Nasty teachers' epochs; None = protect's recipe.")
+    query_budget: int | None = Field(default=None, ge=1, description="Cap on billed teacher queries (images) per run, "
+                                     "for every attack under every defence; None = no cap.")
+    billing: Literal["distinct", "every"] = Field(default="distinct", description="As an audit's threat.billing.")
     max_utility_loss: float = Field(default=DEFAULT_MAX_LOSS_PTS, ge=0, le=100, description="Recommendation rule: "
                                     "the most top-1 points an owner gives up.")
     device: DeviceName = "auto"
@@ -84,7 +87,8 @@ class DefendConfig(BaseModel):
         return AuditConfig(teacher_arch=self.teacher_arch, dataset=self.dataset, dataset_path=self.dataset_path,
                            students=self.students, attacks=attacks, seeds=self.seeds, base_seed=self.base_seed,
                            fraction=self.fraction, device=self.device, sweep={"outputs": outputs},
-                           schedule={"epochs": self.epochs} if self.epochs else {})
+                           schedule={"epochs": self.epochs} if self.epochs else {},
+                           threat={"query_budget": self.query_budget, "billing": self.billing})
 
     def planned_audits(self, defences: list[Defence]) -> dict[str, list[AuditConfig]]:
         """Teacher key ('owner', 'nasty@omega') -> the audits the engine runs against it, in order."""

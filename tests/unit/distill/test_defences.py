@@ -226,3 +226,26 @@ def test_defend_command_writes_the_matrix_and_the_nasty_teacher(tiny_teacher, tm
     assert "15 equal-width" in m.rules["utility"]
     printed = capsys.readouterr().out
     assert "| defence |" in printed and "recommendation:" in printed
+
+
+def test_the_query_budget_holds_under_every_defence(tiny_teacher, tmp_path):
+    """`--query-budget` caps every attack's billed queries per run under every serving defence, and is
+    recorded in the matrix (the thief stops asking; its student keeps what it learnt)."""
+    from kdaudit.cli import main
+    from kdaudit.distill.defences.matrix import DefenceMatrix
+
+    def matrix(*extra: str) -> DefenceMatrix:
+        out = tmp_path / f"matrix{len(extra)}.json"
+        rc = main(["defend", str(tiny_teacher), "--arch", "cnn-8-16-16-32", "--defences", "none,top1,noise@0.1",
+                   "--seeds", "2", "--epochs", "1", "--fraction", "0.1", "--device", "cpu", "--out", str(out),
+                   "--quiet", *extra])
+        assert rc == 0
+        return DefenceMatrix.model_validate(json.loads(out.read_text()))
+
+    budget = 40
+    free, capped = matrix(), matrix("--query-budget", str(budget))
+    spent = {(r.name, c.attack): c.teacher_queries for r in free.rows for c in r.attacks}
+    cells = [(r.name, c) for r in capped.rows for c in r.attacks]
+    assert cells and all(0 < c.teacher_queries <= budget * 2 for _, c in cells)  # 2 seeds, each capped
+    assert all(c.teacher_queries < spent[(name, c.attack)] for name, c in cells)  # it binds everywhere
+    assert capped.config["query_budget"] == budget and free.config["query_budget"] is None
