@@ -40,7 +40,8 @@ GATE_RULE = (
     f"the teacher is measured on the test split before any student trains; the audit stops if it scores more than "
     f"{EXPECTED_TOLERANCE_PTS:g} pts below the owner's expected accuracy, at most twice chance, or more than "
     f"{PRESET_MARGIN_PTS:g} pts below its accuracy under another preprocessing preset that fits the images and "
-    f"makes at most {PRESET_ERROR_RATIO:g}x its mistakes (custom mean/std: that comparison is skipped)"
+    f"makes at most {PRESET_ERROR_RATIO:g}x its mistakes (that comparison is skipped for a custom mean/std and "
+    "for a remote teacher, whose every extra pass over the test split is real traffic)"
 )
 
 
@@ -105,14 +106,17 @@ def check_teacher_sanity(
     measure: Callable[[nn.Module], float],
     expected: float | None = None,
     force: bool = False,
+    compare_presets: bool = True,
 ) -> GateResult:
     """Pass, or raise `TeacherSanityError` naming the preset that restores the accuracy.
 
     `accuracy` is the teacher's measured under `contract`; `measure(teacher)` measures another
-    wrapping of `raw_teacher` (once per fitting preset; for a custom mean/std only when the check fails).
+    wrapping of `raw_teacher` (once per fitting preset; for a custom mean/std, or without `compare_presets`
+    — a remote teacher, where every extra pass over the test split is real traffic on the owner's
+    endpoint —, only when the check fails).
     """
     why = _failure(accuracy, expected, num_classes)
-    if why is None and contract.preset == "custom":  # the owner spelled out mean/std: nothing to second-guess
+    if why is None and (contract.preset == "custom" or not compare_presets):  # nothing to second-guess
         return GateResult(accuracy=accuracy, passed=True)
     presets = _preset_accuracies(raw_teacher, contract, accuracy, channels, dataset_mean, dataset_std, measure)
     if why is None:
