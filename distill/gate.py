@@ -119,13 +119,12 @@ def check_teacher_sanity(
     if why is None and (contract.preset == "custom" or not compare_presets):  # nothing to second-guess
         return GateResult(accuracy=accuracy, passed=True)
     presets = _preset_accuracies(raw_teacher, contract, accuracy, channels, dataset_mean, dataset_std, measure)
+    best = max(presets, key=lambda k: presets[k]) if presets else None
     if why is None:
-        best = max(presets, key=lambda k: presets[k])
-        if best == contract.preset or not _clearly_better(presets[best], accuracy):
+        if best is None or best == contract.preset or not _clearly_better(presets[best], accuracy):
             return GateResult(accuracy=accuracy, passed=True, presets=presets)
         why = (f"it scores {accuracy:.1f} % on the test split, more than {PRESET_MARGIN_PTS:g} pts below its "
                f"{presets[best]:.1f} % under another preset")
-    best = max(presets, key=lambda k: presets[k]) if presets else None
     restores = best is not None and best != contract.preset and _failure(presets[best], expected, num_classes) is None
     ours = f"`--preprocess {contract.preset}`" if contract.preset != "custom" else "the declared mean/std"
     message = f"the teacher looks crippled: {why}. "

@@ -176,7 +176,8 @@ def build_row(defence: Defence, reports: list[Report], utility: Utility) -> Defe
 
 def summarise(rows: list[DefenceRow], max_loss: float) -> tuple[list[str], Recommendation]:
     # a row whose worst case is only a lower bound (label-only thief not measured) is neither on the front nor recommended
-    points = [Point(r.name, r.utility.top1_drop, r.worst_case.accuracy.mean, _calibration_cost(r, rows))
+    none = next((r for r in rows if r.name == "none"), None)
+    points = [Point(r.name, r.utility.top1_drop, r.worst_case.accuracy.mean, _calibration_cost(r, none))
               for r in rows if r.worst_case is not None and r.worst_case_complete]
     front = pareto_front(points)
     best = recommend(points, max_loss)
@@ -184,7 +185,6 @@ def summarise(rows: list[DefenceRow], max_loss: float) -> tuple[list[str], Recom
     if best is None:
         return front, Recommendation(defence=None, rule=rule, reason=f"no defence loses at most {max_loss:g} pt of top-1")
     row = next(r for r in rows if r.name == best.name)
-    none = next((r for r in rows if r.name == "none"), None)
     reason = (f"{best.name}: the strongest thief ({row.worst_case.attack}) reaches {best.worst_case:.2f}% "  # type: ignore[union-attr]
               f"while honest users lose {best.utility_lost:+.2f} pt of top-1")
     if none is not None and none is not row and none.worst_case is not None:
@@ -195,9 +195,8 @@ def summarise(rows: list[DefenceRow], max_loss: float) -> tuple[list[str], Recom
     return front, Recommendation(defence=best.name, rule=rule, reason=reason)
 
 
-def _calibration_cost(row: DefenceRow, rows: list[DefenceRow]) -> float:
+def _calibration_cost(row: DefenceRow, none: DefenceRow | None) -> float:
     """ECE added over no defence, points (0 when either has none): the recommendation's tie-break."""
-    none = next((r for r in rows if r.name == "none"), None)
     if none is None or row.utility.ece is None or none.utility.ece is None:
         return 0.0
     return max(0.0, row.utility.ece - none.utility.ece)
