@@ -45,17 +45,18 @@ async def _one(app, path: str, key: str) -> None:
         raise SystemExit(f"poll answered {status}")
 
 
-async def _measure(app, path: str, key: str, n: int, concurrency: int) -> float:
-    async def worker(k: int) -> None:
+async def _measure(app, paths: list[str], key: str, n: int, concurrency: int) -> float:
+    """CPU ms per poll: `concurrency` clients, client i polling paths[i % len(paths)]."""
+    async def worker(path: str, k: int) -> None:
         for _ in range(k):
             await _one(app, path, key)
 
     start = time.process_time()
-    await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+    await asyncio.gather(*(worker(paths[i % len(paths)], n // concurrency) for i in range(concurrency)))
     return (time.process_time() - start) / n * 1000
 
 
-def measure_here(n: int) -> dict:
+def measure_here(n: int, audits: int = 1) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="kdaudit-pollcpu-"))
     name, url = L._create_pg()
     os.environ.update(
@@ -64,37 +65,39 @@ def measure_here(n: int) -> dict:
         KDAUDIT_QUEUE=f"kdaudit-pollcpu-{uuid.uuid4().hex[:8]}", KDAUDIT_DATABASE_URL=url, KDAUDIT_BROKER_URL=L.REDIS_URL,
     )  # fmt: skip
     try:
-        key, audit_id = L._seed(url)
+        key, ids = L._seed(url, audits)
         from kdaudit.service.app import create_app
 
         app = create_app()
-        path = f"/v1/audits/{audit_id}"
+        paths = [f"/v1/audits/{i}" for i in ids]
 
         async def run() -> list[float]:
-            await _measure(app, path, key, 200, 20)  # warm-up: imports, pools, key cache
-            return [await _measure(app, path, key, n, 20) for _ in range(3)]
+            await _measure(app, paths, key, 200, 20)  # warm-up: imports, pools, key cache
+            return [await _measure(app, paths, key, n, 20) for _ in range(3)]
 
         runs = asyncio.run(run())
     finally:
         L._drop_pg(name)
-    return {"cpu_ms_per_request": round(min(runs), 3), "runs_ms": [round(r, 3) for r in runs], "requests": n}
+    return {"cpu_ms_per_request": round(min(runs), 3), "runs_ms": [round(r, 3) for r in runs], "requests": n,
+            "audits_polled": audits}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--audits", type=int, default=1, help="distinct audits (20 clients; 1 = all poll one audit)")
     ap.add_argument("--compare", metavar="REF")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if not args.compare:
-        out = measure_here(args.requests)
+        out = measure_here(args.requests, args.audits)
     else:
         baseline = L._baseline_tree(args.compare, Path(tempfile.mkdtemp(prefix="kdaudit-pollcpu-")))
         out = {"machine": f"{os.uname().nodename} ({os.cpu_count()} CPUs)", "load_average_at_start": os.getloadavg()}
         for label, extra in (("before", str(baseline)), ("after", "")):
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (extra, os.environ.get("PYTHONPATH", "")) if p)}
-            res = subprocess.run([sys.executable, __file__, "--requests", str(args.requests)], env=env, check=True,
-                                 capture_output=True, text=True)  # fmt: skip
+            res = subprocess.run([sys.executable, __file__, "--requests", str(args.requests), "--audits", str(args.audits)],
+                                 env=env, check=True, capture_output=True, text=True)  # fmt: skip
             out[label] = {"code": f"git {args.compare}" if extra else "working tree", **json.loads(res.stdout)}
         out["cpu_ratio"] = round(out["before"]["cpu_ms_per_request"] / out["after"]["cpu_ms_per_request"], 2)
         out["load_average_at_end"] = os.getloadavg()

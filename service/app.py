@@ -202,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = s
     app.state.sessions = db.session_factory(s.resolved_database_url)
+    app.state.read_engine = db.read_engine(s.resolved_database_url)  # the status poll's one SELECT
     app.state.celery = make_celery(s)
     app.state.files = FileStore(s.resolved_storage_dir)
     app.state.rate_limiter = make_rate_limiter(s)
@@ -259,6 +260,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     def metrics() -> Response:
         """Prometheus metrics."""
-        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(app.state.metrics.scrape), media_type=CONTENT_TYPE_LATEST)
 
     return app

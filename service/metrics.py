@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
 from kdaudit.store import repo
@@ -59,6 +60,13 @@ class Metrics:
         self.teachers_uploaded = Counter("kdaudit_teachers_uploaded", "Teacher files accepted.", registry=self.registry)
         self.audits_submitted = Counter("kdaudit_audits_submitted", "Audits queued.", registry=self.registry)
         self.registry.register(_AuditCollector(app))
+        self.scrape = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # several API processes (`kdaudit serve --workers N`): each writes its counters to files
+            # there, and a scrape, answered by any one process, sums every process's files
+            self.scrape = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.scrape)
+            self.scrape.register(_AuditCollector(app))
 
 
 class _Measure:

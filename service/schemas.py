@@ -224,7 +224,7 @@ class AuditOut(BaseModel):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, a: Audit) -> AuditOut:
+    def of(cls, a: Audit) -> AuditOut:  # or a Core row of the audits table (repo.poll_audit)
         total = max(a.runs_total, 0)
         frac = 0.0
         if a.status == "succeeded":

@@ -155,9 +155,9 @@ def list_audits(
 async def get_audit(audit_id: AuditId, request: Request, tenant: Tenant = Depends(current_tenant)) -> Response:
     """Status and progress; `Retry-After` is set until the audit has finished."""
     # The status poll is the hot path (many clients, often): one threadpool hop for the one row
-    # (its own short session), and the body serialised once here -- returning the model would
-    # make FastAPI validate it against response_model again in another thread.
-    read = await run_in_threadpool(repo.read_audit, request.app.state.sessions, tenant.id, audit_id)
+    # (one autocommit SELECT: repo.poll_audit), and the body serialised once here -- returning the
+    # model would make FastAPI validate it against response_model again in another thread.
+    read = await run_in_threadpool(repo.poll_audit, request.app.state.read_engine, tenant.id, audit_id)
     audit = found_or_404(read, "audit", audit_id)
     retry = request.app.state.settings.retry_after_seconds
     headers = {} if repo.is_finished(audit.status) else {"Retry-After": str(retry)}

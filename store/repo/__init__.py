@@ -36,7 +36,7 @@ from kdaudit.store.repo.audits import (
     is_finished,
     is_split,
     list_audits,
-    read_audit,
+    poll_audit,
     request_cancel,
     request_fingerprint,
 )
@@ -85,7 +85,7 @@ __all__ = [
     "finish_audit",
     "finish_part",
     "get_audit",
-    "read_audit",
+    "poll_audit",
     "get_by_idempotency_key",
     "get_or_create_tenant",
     "get_part",

@@ -28,3 +28,18 @@ def test_bench_audit_smoke(tmp_path):
     for path in ("naive", "cohort"):
         images = res[path]["wall_s"] * res[path]["images_per_s"]
         assert abs(images - 6 * (1080 // 32) * 32) / images < 0.02, (path, images)
+
+
+def test_load_status_smoke(tmp_path):
+    """benchmarks/load_status.py against a live uvicorn (embedded store): every poll answered, the
+    figures it records present. Two audits, two worker processes: the options RESULTS.md uses."""
+    out = tmp_path / "load.json"
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "load_status.py"), "--sqlite", "--clients", "8", "--seconds", "1",
+         "--audits", "2", "--workers", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["errors"] == 0 and res["requests_ok"] > 0 and res["audits_polled"] == 2, res
+    assert res["server"].startswith("uvicorn, 2 processes") and res["latency_ms"]["p99"] > 0

@@ -256,3 +256,19 @@ def api_with_teacher(settings, root: Path, tenant: str):
         r = upload(client, key, make_teacher_file(root / "t.safetensors"))
         assert r.status_code == 201, r.text
         yield {"client": client, "key": key, "teacher": r.json()["id"], "settings": settings, "root": root}
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen, log: Path, path: str = "/readyz", timeout: float = 90) -> None:
+    """Poll `url + path` until it answers 200; fail with the server's log if it exits or takes too long."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)

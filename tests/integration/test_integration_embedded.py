@@ -9,10 +9,8 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.helpers import service as h  # noqa: E402
@@ -43,16 +41,7 @@ def server(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (root / "serve.log").read_text()
-            assert time.monotonic() < deadline, (root / "serve.log").read_text()
-            time.sleep(0.3)
+        h.wait_until_serving(url, proc, root / "serve.log")
         yield {"url": url, "data": data, "root": root, "log": root / "serve.log"}
     finally:
         from kdaudit.worker_process import stop_process

@@ -172,3 +172,75 @@ def test_cancel_running_audit(stack):
 def test_readyz_on_postgres_and_redis(stack):
     r = stack["client"].get("/readyz")
     assert r.status_code == 200, r.text
+
+
+def test_status_poll_survives_dropped_database_connections(stack):
+    """The poll reads on a pre-ping-free autocommit engine (store/db.py `read_engine`): when the
+    database drops its pooled connections (restart, failover, idle reaper) the read retries on a
+    fresh connection instead of failing, and the API keeps answering."""
+    import psycopg
+
+    from kdaudit.store import db, repo
+
+    c, key, t = stack["client"], stack["key"], stack["teacher"]
+    aid = c.post("/v1/audits", json=h.tiny_audit(t["id"]), headers=h.auth(key)).json()["id"]
+    assert c.get(f"/v1/audits/{aid}", headers=h.auth(key)).status_code == 200
+    engine = db.read_engine(stack["url"])
+    with db.session_factory(stack["url"])() as s:
+        tenant = repo.get_audit(s, None, aid).tenant_id
+    assert repo.poll_audit(engine, tenant, aid).id == aid
+    assert repo.poll_audit(engine, "someone-else", aid) is None  # another tenant's audit: no row
+    name = stack["url"].rsplit("/", 1)[1]
+    with psycopg.connect(h._libpq(h.PG_ADMIN_URL), autocommit=True) as admin:
+        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchone()[0]
+    assert killed >= 1
+    assert repo.poll_audit(engine, tenant, aid).id == aid  # the dead pooled connection: retried once
+    for _ in range(3):
+        again = c.get(f"/v1/audits/{aid}", headers=h.auth(key))
+        assert again.status_code == 200 and again.json()["id"] == aid, again.text
+
+
+def test_serve_with_two_api_processes(tmp_path):
+    """`kdaudit serve --workers 2` on PostgreSQL + Redis: both processes answer, /metrics sums the
+    processes' counters (prometheus multi-process mode), SIGTERM stops them all; the embedded
+    service refuses --workers 2 in one line (its rate-limit buckets live in the process)."""
+    import os
+    import signal
+    import sys
+
+    import httpx
+
+    h.require("PostgreSQL", h.check_postgres)
+    h.require("Redis", h.check_redis)
+    name, url = h.create_database("kdaudit_serve")
+    cli = [sys.executable, "-m", "kdaudit.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KDAUDIT_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(KDAUDIT_DATA_DIR=str(tmp_path / "data"), KDAUDIT_DATABASE_URL=url, KDAUDIT_BROKER_URL=h.REDIS_URL,
+               KDAUDIT_STORAGE_DIR=str(tmp_path / "teachers"), KDAUDIT_QUEUE=f"serve-{name}")  # fmt: skip
+    port = h.free_port()
+    log = tmp_path / "serve.log"
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([*cli, "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            h.wait_until_serving(base, proc, log, "/healthz")
+            time.sleep(2)  # the second process too
+            for _ in range(40):  # new connections: the kernel spreads them over both processes
+                assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+            text = httpx.get(f"{base}/metrics", timeout=5).text
+            line = next(x for x in text.splitlines() if x.startswith("kdaudit_http_requests_total{") and 'route="/healthz"' in x)
+            assert float(line.rsplit(" ", 1)[1]) >= 40, line  # every process's polls, whichever answered the scrape
+            children = [int(c) for c in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+            assert len(children) >= 2, children
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        h.drop_database(name)
+    embedded = {k: v for k, v in env.items() if k not in ("KDAUDIT_DATABASE_URL", "KDAUDIT_BROKER_URL")}
+    r = subprocess.run([*cli, "serve", "--port", str(h.free_port()), "--workers", "2"], env=embedded,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 1 and "--workers > 1 needs the production stack" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -374,17 +375,24 @@ def test_redis_bucket_leases_never_exceed_the_shared_limit():
     assert not ok and wait > 0
 
 
+@contextmanager
+def _one_audit(tmp_path: Path, tenant: str):
+    """An embedded app (keys cached 30 s) with one tenant's queued audit: (settings, app, client, key, audit id)."""
+    settings = _settings(tmp_path, auth_cache_seconds=30)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        key = h.new_key(settings, tenant)
+        t = h.upload(c, key, h.make_teacher_file(tmp_path / "t.safetensors")).json()["id"]
+        aid = c.post("/v1/audits", json=h.tiny_audit(t), headers=h.auth(key)).json()["id"]
+        yield settings, app, c, key, aid
+
+
 def test_status_poll_fast_path_answers_like_the_route(tmp_path):
     """The fast path (service/poll_fast.py) gives the route's body and headers; misses fall through."""
     from kdaudit.store import repo
     from kdaudit.store.db import session_factory
 
-    settings = _settings(tmp_path, auth_cache_seconds=30)
-    app = create_app(settings)
-    with TestClient(app, raise_server_exceptions=False) as c:
-        key = h.new_key(settings, "fast")
-        t = h.upload(c, key, h.make_teacher_file(tmp_path / "t.safetensors")).json()["id"]
-        aid = c.post("/v1/audits", json=h.tiny_audit(t), headers=h.auth(key)).json()["id"]
+    with _one_audit(tmp_path, "fast") as (settings, app, c, key, aid):
         app.state.key_cache.forget_all()
         slow = c.get(f"/v1/audits/{aid}", headers=h.auth(key))  # cache miss: the FastAPI route
         with _Queries(settings.resolved_database_url) as q:
@@ -401,3 +409,29 @@ def test_status_poll_fast_path_answers_like_the_route(tmp_path):
         assert 'route="/v1/audits/{audit_id}"' in c.get("/metrics").text
         with session_factory(settings.resolved_database_url)() as s:
             assert repo.get_audit(s, None, aid) is not None
+
+
+def test_concurrent_polls_of_one_audit_share_one_read(tmp_path):
+    """Single flight (service/poll_fast.py): 20 concurrent polls of one audit while its row read is
+    slow cost a few reads, not 20, and every answer is whole (same body, headers not piled up)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _one_audit(tmp_path, "flight") as (settings, _app, c, key, aid):
+        assert c.get(f"/v1/audits/{aid}", headers=h.auth(key)).status_code == 200  # key now cached
+
+        def slow(*_a, **_k):  # the real query, made slow enough for polls to overlap
+            time.sleep(0.2)
+
+        engine = get_engine(settings.resolved_database_url)
+        event.listen(engine, "before_cursor_execute", slow)
+        try:
+            with _Queries(settings.resolved_database_url) as q, ThreadPoolExecutor(20) as pool:
+                answers = list(pool.map(lambda _: c.get(f"/v1/audits/{aid}", headers=h.auth(key)), range(20)))
+        finally:
+            event.remove(engine, "before_cursor_execute", slow)
+    assert [r.status_code for r in answers] == [200] * 20
+    assert len({r.content for r in answers}) == 1 and answers[0].json()["id"] == aid
+    assert all(r.headers.get_list("retry-after") == [answers[0].headers["retry-after"]] for r in answers)
+    assert all(len(r.headers.get_list("content-security-policy")) == 1 for r in answers)
+    assert q.n <= 5, q.statements  # 20 polls, a handful of reads
