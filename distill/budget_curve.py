@@ -9,6 +9,12 @@ real data). So one training run answers every smaller budget: for each checkpoin
 the thief would keep with only checkpoints 1..k and pool 1..k; `evaluate_curve` scores those
 snapshots on the test split; distill/budget_table.py reads the resulting (queries, accuracy)
 curve at the milestone budgets.
+
+Data-available runs get the same curve from the cohort trainer (distill/train.py): after each
+epoch, the queries spent so far and the test accuracy of the snapshot the validation rule held
+then (`extra["budget_points"]`). It reads one long run at its early epochs, so it is a lower
+bound on what a thief with that budget gets: one who planned for it would run a shorter
+schedule, which ends its learning-rate decay within the budget (DESIGN.md: schedule length).
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ from kdaudit.distill.datafree.selection import final_exit_predictions
 
 
 def evaluate_curve(model: nn.Module, extra: dict, x_test: torch.Tensor, y_test: torch.Tensor) -> list[BudgetPoint]:
-    """Score the snapshots a data-free run kept for its curve (`extra["budget_curve"]`) on the test split."""
+    """The run's leakage-vs-queries curve: a data-free run's kept snapshots (`extra["budget_curve"]`)
+    scored on the test split, or a data-available run's points as the trainer scored them."""
+    if extra.get("budget_points"):  # a data-available run: scored by the trainer as it went
+        return [BudgetPoint(queries=int(q), accuracy=acc, checkpoint=int(e)) for e, q, acc in extra["budget_points"]]
     info = extra.get("budget_curve")
     if not info:
         return []

@@ -21,6 +21,11 @@ CURVE_RULE = (
     "with the teacher on the held-out generated images gathered so far (no real data); queries count "
     "everything sent up to that checkpoint (estimation and selection queries included)"
 )
+DATA_CURVE_RULE = (
+    "after each epoch, the snapshot with the best validation accuracy so far; queries count the images sent "
+    "to the teacher so far. Early epochs of the full schedule: a lower bound for a thief who planned a shorter "
+    "schedule for that budget"
+)
 
 
 class BudgetPoint(BaseModel):
@@ -28,7 +33,7 @@ class BudgetPoint(BaseModel):
 
     queries: int = Field(description="Teacher queries spent up to this checkpoint.")
     accuracy: float = Field(description="Test accuracy of the snapshot selected with this many queries, percent.")
-    checkpoint: int = Field(description="1-based checkpoint of that snapshot.")
+    checkpoint: int = Field(description="That snapshot's 1-based checkpoint (data-free) or epoch (data-available).")
 
 
 class BudgetRow(BaseModel):
@@ -56,6 +61,7 @@ class BudgetSummary(BaseModel):
     seeds: int
     cells: list[BudgetCell]
     rule: str = CURVE_RULE
+    variant: str | None = Field(default=None, description="The run variant (teacher-output sweep), when not the base one.")
 
 
 def milestones(curve: Sequence[BudgetPoint], budgets: Sequence[int] = MILESTONES) -> list[BudgetRow]:
@@ -72,18 +78,23 @@ def milestones(curve: Sequence[BudgetPoint], budgets: Sequence[int] = MILESTONES
 
 def budget_summary(runs: Sequence[object], budgets: Sequence[int] = MILESTONES) -> list[BudgetSummary]:
     """Per attack x student with curves (RunRecord-like: kind, student, status, budget_curve): the milestone table."""
-    groups: dict[tuple[str, str], list[list[BudgetPoint]]] = {}
+    groups: dict[tuple[str, str, str | None], list[list[BudgetPoint]]] = {}
+    rules: dict[tuple[str, str, str | None], str] = {}
     for r in runs:
         curve = getattr(r, "budget_curve", None)
         if curve and getattr(r, "status", "ok") == "ok":
-            groups.setdefault((r.kind, r.student), []).append(curve)  # type: ignore[attr-defined]
+            variant = getattr(r, "variant", None)
+            key = (r.kind, r.student, None if variant in (None, "", "base") else variant)  # type: ignore[attr-defined]
+            groups.setdefault(key, []).append(curve)
+            rules[key] = DATA_CURVE_RULE if getattr(r, "setting", "data_free") == "data_available" else CURVE_RULE
     out = []
-    for (attack, student), curves in groups.items():
+    for (attack, student, variant), curves in groups.items():
         cells = []
         for b in budgets:
             accs = [row.accuracy for c in curves for row in milestones(c, [b]) if row.reached and row.accuracy is not None]
             cells.append(BudgetCell(budget=b, runs=len(accs),
                                     accuracy_mean=round(statistics.fmean(accs), 3) if accs else None,
                                     accuracy_min=min(accs) if accs else None, accuracy_max=max(accs) if accs else None))
-        out.append(BudgetSummary(attack=attack, student=student, seeds=len(curves), cells=cells))
+        out.append(BudgetSummary(attack=attack, student=student, seeds=len(curves), cells=cells,
+                                 rule=rules[(attack, student, variant)], variant=variant))
     return out

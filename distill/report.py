@@ -171,8 +171,8 @@ class RunRecord(BaseModel):
     variant: str = Field(default="base", description="The audited setting this run belongs to (distill/variants.py).")
     output: str = Field(default="logits", description="Output policy the thief saw (distill/access.py).")
     stopped: str | None = Field(default=None, description="Why training ended before its schedule (the query budget ran out).")
-    budget_curve: list[BudgetPoint] = Field(default_factory=list, description="Data-free runs: test accuracy vs teacher "
-                                            "queries, from this run's checkpoints (distill/budget_curve.py).")
+    budget_curve: list[BudgetPoint] = Field(default_factory=list, description="Runs that query the teacher: test accuracy vs "
+                                            "teacher queries, from this run's checkpoints or epochs (distill/budget_curve.py).")
     loss_terms: list[dict[str, float | None]] = Field(
         default_factory=list, description="Data-available runs: per epoch trained, the mean of each named loss term "
         "over its batches (the attack's `loss_terms`, distill/attacks/; null where not finite).")
@@ -336,7 +336,7 @@ class Report(BaseModel):
     environment: Environment
     manifest: Manifest | None = None
     budget: list[BudgetSummary] = Field(default_factory=list, description="Leakage vs query budget: accuracy at 10k / "
-                                        "100k / 1M teacher queries per data-free attack x student (distill/budget_table.py).")
+                                        "100k / 1M teacher queries per attack x student (x variant) that queries the teacher (distill/budget_table.py).")
 
     model_config = {"populate_by_name": True}
 

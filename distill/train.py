@@ -273,6 +273,9 @@ class Cohort:
         stopped: list[str | None] = [None] * len(models)
         stop_epoch: list[int] = [0] * len(models)
         loss_curves: list[list[dict[str, float | None]]] = [[] for _ in models]
+        # leakage vs queries (members taught by the teacher): after each epoch, (queries so far, test
+        # accuracy of the snapshot the validation rule holds then); the test split is only scored, never chosen on
+        budget_pts: list[list[list[float]]] = [[] for _ in models]
         if checkpoint is not None and checkpoint.exists():
             state = torch.load(checkpoint, map_location=dev, weights_only=True)
             if state["keys"] != keys or state["epochs"] != sch.epochs:
@@ -288,6 +291,7 @@ class Cohort:
             stopped = list(state.get("stopped", stopped))
             stop_epoch = list(state.get("stop_epoch", stop_epoch))
             loss_curves = list(state.get("loss_curves", loss_curves))
+            budget_pts = list(state.get("budget_pts", budget_pts))
             if oracle is not None and "oracle" in state:
                 oracle.load_state_dict(state["oracle"])
         for epoch in range(first_epoch, sch.epochs + 1):
@@ -358,14 +362,20 @@ class Cohort:
                 accs.append(acc)
                 curves[i].append(round(acc, 3))
                 eligible = m.selection == "best_val" or epoch > sch.epochs - max(1, math.ceil(m.window * sch.epochs))
-                if eligible and acc >= best[i][0]:
+                improved = eligible and acc >= best[i][0]
+                if improved:
                     best[i] = (acc, epoch, copy.deepcopy(mdl.state_dict()))
+                if uses_ref[i] and m.selection == "best_val" and best[i][2] is not None:
+                    held = (accuracy(predict(mdl, self.splits.x_test), self.splits.y_test) if improved or not budget_pts[i]
+                            else budget_pts[i][-1][2])  # fmt: skip
+                    budget_pts[i].append([best[i][1], queries[i], round(held, 3)])
             if checkpoint is not None:
                 _save_atomically(checkpoint, {
                     "keys": keys, "epochs": sch.epochs, "epoch": epoch, "step": step, "gen": gen.get_state(),
                     "models": [mdl.state_dict() for mdl in models], "opts": [opt.state_dict() for opt in opts],
                     "best": [list(b) for b in best], "curves": curves, "queries": queries, "clock": clock,
                     "diverged": diverged, "stopped": stopped, "stop_epoch": stop_epoch, "loss_curves": loss_curves,
+                    "budget_pts": budget_pts,
                     **({"oracle": oracle.state_dict()} if oracle is not None else {}),
                 })
             if on_epoch is not None:
@@ -379,7 +389,8 @@ class Cohort:
             reason = diverged[i]
             if reason is None and stuck_at_chance(curves[i], spec.num_classes):
                 reason = f"validation accuracy stuck at chance (max {max(curves[i]):.1f}% <= {100.0 / spec.num_classes + CHANCE_MARGIN_PTS:.1f}%) for the whole run"
-            results.append(MemberResult(m, mdl, max(best[i][1], 1), curves[i], queries[i], round(clock[i], 3),
+            extra = {"budget_points": [tuple(p) for p in budget_pts[i]]} if budget_pts[i] else {}
+            results.append(MemberResult(m, mdl, max(best[i][1], 1), curves[i], queries[i], round(clock[i], 3), extra,
                                         diverged=reason, stopped=stopped[i], loss_curve=loss_curves[i]))
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)

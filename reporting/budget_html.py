@@ -13,7 +13,7 @@ from kdaudit.reporting.svg import new_figure, style_axes, svg_element
 
 
 def budget_plot(report: Report, prefix: str = "budget") -> str | None:
-    """Test accuracy vs teacher queries (log x), one line per data-free run, coloured by attack (diverged runs faint)."""
+    """Test accuracy vs teacher queries (log x), one line per run that queried the teacher, coloured by attack (diverged runs faint)."""
 
     runs = [r for r in report.runs if r.budget_curve]
     if not runs:
@@ -44,8 +44,8 @@ def budget_plot(report: Report, prefix: str = "budget") -> str | None:
                     for i, s in enumerate(students)]
     handles.append(Line2D([], [], color="#222222", linestyle="--", label=f"teacher ({report.teacher.accuracy:.1f}%)"))
     fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=min(len(handles), 3), frameon=False)
-    fig.suptitle("Leakage vs query budget: what each data-free run's thief had after N queries", fontsize=10)
-    return svg_element(fig, prefix, "Line chart: test accuracy of the data-free student a thief would keep after each number "
+    fig.suptitle("Leakage vs query budget: what each run's thief had after N queries", fontsize=10)
+    return svg_element(fig, prefix, "Line chart: test accuracy of the student a thief would keep after each number "
                 "of teacher queries, one line per run, coloured by attack")
 
 
@@ -62,19 +62,20 @@ def budget_table_html(report: Report) -> str:
             if c.accuracy_mean is not None else "<td>not reached</td>"
             for c in s.cells
         )
-        rows.append(f"<tr><th scope=\"row\">{escape(kind_label(s.attack))} · <code>{escape(s.student)}</code></th>{cells}</tr>")
+        variant = f" · {escape(s.variant)}" if s.variant else ""
+        rows.append(f"<tr><th scope=\"row\">{escape(kind_label(s.attack))}{variant} · <code>{escape(s.student)}</code></th>{cells}</tr>")
     return (f'<table><caption>Mean test accuracy over seeds at each query budget</caption><thead><tr><th scope="col">attack · student</th>'
             f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def budget_section(report: Report) -> str:
-    """The whole section, or "" when the report has no budget curves (no data-free runs)."""
+    """The whole section, or "" when the report has no budget curves (no run queried the teacher)."""
 
     svg = budget_plot(report)
     if svg is None:
         return ""
-    rule = report.budget[0].rule if report.budget else ""
+    rules = "; ".join(escape(r) for r in dict.fromkeys(s.rule for s in report.budget))
     return (f'<section aria-labelledby="h-budget">\n<h2 id="h-budget">Leakage vs query budget</h2>\n'
             f"<figure>{svg}<figcaption>Each point: the student the thief would keep after that many teacher queries "
-            f"({escape(rule)}). A budget beyond what a run spent is not extrapolated.</figcaption></figure>\n"
+            f"({rules}). A budget beyond what a run spent is not extrapolated.</figcaption></figure>\n"
             f"{budget_table_html(report)}\n</section>")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdaudit.core.errors import InputError
+from kdaudit.distill.budget_table import MILESTONES
 from kdaudit.distill.config import DataFreeSettings
 from kdaudit.distill.datafree.kind import family
 
@@ -60,6 +61,17 @@ class DataFreePlan:
     selection_samples: int
     budget: int | None
     directions: int = 1  # DFME: probes per image per generator step are directions + 1
+    #: extra checkpoints before the first regular one, so the budget curve has a point within each
+    #: milestone budget (10k queries: a handful of iterations at batch 256); counted in `checkpoints`
+    early: tuple[int, ...] = ()
+
+    @property
+    def checkpoint_iterations(self) -> list[int]:
+        """The iterations after which the student is checkpointed: the early milestone points, then
+        `checkpoints - len(early)` evenly spaced ones ending at the last iteration."""
+        regular = self.checkpoints - len(self.early)
+        spaced = sorted({max(1, round(k * self.iterations / regular)) for k in range(1, regular + 1)})
+        return sorted(set(self.early) | set(spaced))
 
     @property
     def queries_per_iteration(self) -> int:
@@ -103,4 +115,23 @@ def plan_datafree(attack: str, settings: DataFreeSettings, dataset: str) -> Data
             )
         iters = min(iters, fit) if iters is not None else fit
     assert iters is not None
-    return DataFreePlan(attack, bs, latent, iters, width, gsteps, ssteps, min(ck, iters), sel, settings.budget, dirs)
+    ck = min(ck, iters)
+    early = _early_checkpoints(iters, ck, per_iter, sel, settings.budget)
+    return DataFreePlan(attack, bs, latent, iters, width, gsteps, ssteps, ck + len(early), sel, settings.budget, dirs, early)
+
+
+def _early_checkpoints(iters: int, regular: int, per_iter: int, sel: int, budget: int | None) -> tuple[int, ...]:
+    """Iterations for extra checkpoints at the milestone budgets (10k, 100k, 1M queries) that the
+    evenly spaced ones skip: without them a 1,000 x 256 run's first point is at ~90k queries and
+    the curve cannot say what 10k queries buy. Each costs a selection pass (`sel` queries), so they
+    are added only while the run stays within its budget."""
+    first_regular = max(1, round(iters / regular))
+    early: list[int] = []
+    for m in MILESTONES:
+        it = (m - (len(early) + 1) * sel) // per_iter  # queries at that checkpoint, its own selection pass included
+        if it < 1 or it >= first_regular or (early and it <= early[-1]):
+            continue
+        if budget is not None and iters * per_iter + (regular + len(early) + 1) * sel > budget:
+            break
+        early.append(it)
+    return tuple(early)

@@ -89,7 +89,7 @@ def train_datafree(
     z_sel = torch.randn(plan.selection_samples, plan.latent_dim, generator=torch.Generator().manual_seed(base + 3)).to(dev)
 
     total = plan.iterations
-    eval_at = {max(1, round(k * total / plan.checkpoints)) for k in range(1, plan.checkpoints + 1)}
+    eval_at = set(plan.checkpoint_iterations)
     pool = SelectionPool(spec.num_classes)
     loss_curve: list[dict[str, float | None]] = []  # per checkpoint block: mean of each named student loss term
     nonfinite_at: int | None = None

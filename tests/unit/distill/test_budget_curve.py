@@ -3,6 +3,7 @@ distill/datafree/selection.py)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -72,3 +73,29 @@ def test_a_data_free_run_carries_its_curve_and_the_last_point_is_the_reported_st
     points = evaluate_curve(res.model, res.extra, splits.x_test, splits.y_test)
     assert [p.queries for p in points] == info["queries"]
     assert points[-1].accuracy == round(accuracy(predict(res.model, splits.x_test), splits.y_test), 3)
+
+
+def test_data_available_runs_get_a_curve_that_ends_at_their_reported_accuracy(tmp_path):
+    """A KD run's curve (distill/train.py): one point per epoch, queries growing by the images sent,
+    accuracy = the test accuracy of the snapshot the validation rule held then, so the last point is the
+    run's own reported accuracy; scratch runs ask no teacher and have none; the report's budget table
+    carries the data-available rule."""
+    from kdaudit.distill.budget_table import DATA_CURVE_RULE
+    from kdaudit.distill.config import AuditConfig
+    from kdaudit.distill.runner import run_audit
+
+    torch.manual_seed(0)
+    teacher = build_model("cnn-8-16-16-32", 10, 1)
+    cfg = AuditConfig(teacher_arch="cnn-8-16-16-32", dataset="digits", students=["cnn-4-8-8-16"], seeds=1, device="cpu",
+                      force=True, schedule={"epochs": 3}, attacks=["normal_kd"], fraction=0.3)  # fmt: skip
+    report = run_audit(cfg, teacher, "random-teacher")
+    kd = [r for r in report.runs if r.kind == "normal_kd"]
+    assert kd and all(len(r.budget_curve) == 3 for r in kd)
+    for r in kd:
+        qs = [p.queries for p in r.budget_curve]
+        assert qs[0] > 0 and qs == sorted(qs) and qs[-1] == r.teacher_queries
+        assert r.budget_curve[-1].accuracy == pytest.approx(r.test_accuracy, abs=0.01)
+        assert r.budget_curve[-1].checkpoint == r.best_epoch
+    assert all(not r.budget_curve for r in report.runs if r.kind.startswith("scratch"))
+    rows = [b for b in report.budget if b.attack == "normal_kd"]
+    assert rows and rows[0].rule == DATA_CURVE_RULE
