@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from kdaudit.audit_options import comma_list
+from kdaudit.preprocess_args import add_preprocess_args, contract_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", type=Path, default=Path("matrix.json"), help="the matrix as JSON (default matrix.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--force", action="store_true", help="audit the owner's teacher even when its sanity check fails")
+    add_preprocess_args(p)  # the owner's input contract (a teacher trained on raw pixels, ...) and expected accuracy
     p.set_defaults(func=cmd_defend)
 
 
@@ -56,7 +59,9 @@ def cmd_defend(args: argparse.Namespace) -> int:
     config = DefendConfig(teacher_arch=args.arch, dataset=args.dataset, dataset_path=args.dataset_path,
                           defences=args.defences, students=args.students, seeds=args.seeds, epochs=args.epochs,
                           fraction=args.fraction, nasty_epochs=args.nasty_epochs, datafree=args.datafree,
-                          query_budget=args.query_budget, max_utility_loss=args.max_utility_loss, device=args.device)
+                          query_budget=args.query_budget, max_utility_loss=args.max_utility_loss, device=args.device,
+                          teacher_input=contract_from_args(args), expected_accuracy=args.expected_accuracy,
+                          force=args.force)
     spec = dataset_spec(config.dataset, config.dataset_path)
     teacher = load_teacher(args.teacher, config.teacher_arch, spec.num_classes, spec.in_channels, image_size=spec.image_size)
     matrix = build_matrix(config, teacher, sha256_file(args.teacher), save_dir=args.out.parent,

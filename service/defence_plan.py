@@ -43,6 +43,10 @@ class DefenceCreate(BaseModel):
     nasty_epochs: int | None = Field(default=None, ge=1, le=1000, description="Nasty teachers' epochs.")
     max_utility_loss: float | None = Field(default=None, ge=0, le=100, description="Most top-1 points given up.")
     device: Literal["auto", "cpu", "cuda"] | None = Field(default=None, description="Device hint for the worker.")
+    expected_accuracy: float | None = Field(default=None, gt=0, le=100, description="The teacher's test accuracy in "
+                                            "your pipeline, percent (default: the teacher's); the comparison stops "
+                                            "if the owner's audit measures > 2 pts less.")
+    force: bool | None = Field(default=None, description="Run even when the teacher sanity check fails.")
 
 
 def _invalid(what: str, e: ValidationError) -> Problem:
@@ -64,8 +68,9 @@ def build_defend_config(body: DefenceCreate, teacher: Teacher) -> dict[str, Any]
     if teacher.format in NO_WEIGHTS or not teacher.architecture:
         _refuse_nasty(body.defences or list(DEFAULT_DEFENCES), teacher)
     fields = body.model_dump(exclude_none=True, exclude={"teacher_id"})
-    try:
-        config = DefendConfig(teacher_arch=teacher.architecture, dataset=teacher.dataset, **fields)
+    contract = {"teacher_input": teacher.preprocess or "dataset", "expected_accuracy": teacher.expected_accuracy}
+    try:  # the teacher's input contract and expected accuracy, as its audits get them (routers/audit_request.py)
+        config = DefendConfig(teacher_arch=teacher.architecture, dataset=teacher.dataset, **{**contract, **fields})
     except ValidationError as e:
         raise _invalid("defence comparison", e) from None
     try:  # every audit it plans must be one the engine runs

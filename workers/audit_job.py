@@ -49,7 +49,7 @@ def execute_audit(audit_id: str, settings: ServiceSettings | None = None, wid: s
             if audit.kind == "defend":  # a defence comparison (POST /v1/defences): same claim, other engine
                 from kdaudit.workers.defend_job import run_defend
 
-                return run_defend(session, settings, audit_id, wid, teacher, config_data, beat)
+                return run_defend(session, settings, audit_id, wid, teacher, config_data, beat, recorded)
             return _run(session, settings, audit_id, wid, teacher, config_data, recorded, beat)
     finally:
         beat.stop.set()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from kdaudit.distill.config import AuditConfig, DatasetName, DeviceName
 from kdaudit.distill.defences.pareto import DEFAULT_MAX_LOSS_PTS
 from kdaudit.distill.defences.registry import DEFAULT_DEFENCES, Defence, parse_defences
+from kdaudit.distill.preprocess import TeacherInput
 
 if TYPE_CHECKING:
     from kdaudit.distill.protect import ProtectConfig
@@ -49,6 +50,16 @@ class DefendConfig(BaseModel):
     max_utility_loss: float = Field(default=DEFAULT_MAX_LOSS_PTS, ge=0, le=100, description="Recommendation rule: "
                                     "the most top-1 points an owner gives up.")
     device: DeviceName = "auto"
+    teacher_input: TeacherInput = Field(default_factory=TeacherInput, description="What the owner's teacher expects to "
+                                        "be fed (as an audit's); nasty teachers trained here take the dataset's own statistics.")
+    expected_accuracy: float | None = Field(default=None, gt=0, le=100, description="The owner's test accuracy for their "
+                                            "teacher, percent: the owner's audits stop if they measure > 2 pts less.")
+    force: bool = Field(default=False, description="Audit the owner's teacher even when its sanity check fails.")
+
+    @field_validator("teacher_input", mode="before")
+    @classmethod
+    def _contract(cls, v: object) -> object:
+        return TeacherInput.of(v) if v is None or isinstance(v, str) else v
 
     @field_validator("defences")
     @classmethod
@@ -82,18 +93,22 @@ class DefendConfig(BaseModel):
         """The defences as written (a bare `nasty` at SYNTAX_OMEGA): enough to plan and size, torch-free."""
         return parse_defences(self.defences, default_omega=SYNTAX_OMEGA, default_tau=SYNTAX_TAU)
 
-    def audit_config(self, outputs: list[str]) -> AuditConfig:
+    def audit_config(self, outputs: list[str], *, owner: bool = True) -> AuditConfig:
+        """One audit of the matrix; the owner's teacher is fed through its declared contract (and held to
+        its expected accuracy), a nasty teacher trained here takes the dataset's statistics."""
         attacks = ["normal_kd", "skeptical"] + (["datafree_dfad"] if self.datafree else [])
+        contract = ({"teacher_input": self.teacher_input, "expected_accuracy": self.expected_accuracy, "force": self.force}
+                    if owner else {})  # fmt: skip
         return AuditConfig(teacher_arch=self.teacher_arch, dataset=self.dataset, dataset_path=self.dataset_path,
                            students=self.students, attacks=attacks, seeds=self.seeds, base_seed=self.base_seed,
                            fraction=self.fraction, device=self.device, sweep={"outputs": outputs},
                            schedule={"epochs": self.epochs} if self.epochs else {},
-                           threat={"query_budget": self.query_budget, "billing": self.billing})
+                           threat={"query_budget": self.query_budget, "billing": self.billing}, **contract)
 
     def planned_audits(self, defences: list[Defence]) -> dict[str, list[AuditConfig]]:
         """Teacher key ('owner', 'nasty@omega') -> the audits the engine runs against it, in order."""
         keys = dict.fromkeys(["owner"] + [d.teacher_key for d in defences])
-        return {key: [self.audit_config(chunk) for chunk in output_chunks(outputs_for(
+        return {key: [self.audit_config(chunk, owner=key == "owner") for chunk in output_chunks(outputs_for(
             [d for d in defences if d.teacher_key == key]))] for key in keys}
 
 

@@ -20,14 +20,23 @@ import torch
 from torch import nn
 
 import kdaudit
+from kdaudit.core.errors import CancelledError
 from kdaudit.distill.config import AuditConfig
 from kdaudit.distill.data import load_splits
 from kdaudit.distill.defences.config import MAX_OUTPUTS_PER_AUDIT, DefendConfig, outputs_for
 from kdaudit.distill.defences.matrix import DefenceMatrix, TeacherEntry, build_row, rules, summarise
-from kdaudit.distill.defences.nasty import NastyTeacher, nasty_recipe, save_nasty, train_nasty, weights_sha256
+from kdaudit.distill.defences.nasty import (
+    NastyTeacher,
+    keep_for_resume,
+    nasty_recipe,
+    resume_nasty,
+    save_nasty,
+    train_nasty,
+    weights_sha256,
+)
 from kdaudit.distill.defences.utility import measure_utility
 from kdaudit.distill.preprocess import TeacherInput
-from kdaudit.distill.report import Report
+from kdaudit.distill.report import Report, RunRecord
 from kdaudit.distill.runner import ProgressEvent, run_audit
 from kdaudit.distill.teacher_input import apply_contract
 from kdaudit.distill.train import EpochReport, accuracy, predict, resolve_device
@@ -41,24 +50,30 @@ ShouldCancel = Callable[[], bool]
 def build_matrix(config: DefendConfig, teacher: nn.Module, teacher_sha256: str, *,
                  nasty_teachers: dict[float, nn.Module] | None = None, save_dir: Path | None = None,
                  progress: Callable[[str, ProgressEvent | EpochReport], None] | None = None,
-                 should_cancel: ShouldCancel | None = None, data_root: Path | None = None) -> DefenceMatrix:
+                 should_cancel: ShouldCancel | None = None, data_root: Path | None = None,
+                 done_runs: dict[str, dict[str, RunRecord]] | None = None, resume_dir: Path | None = None) -> DefenceMatrix:
     """Train the nasty teachers the defences need (unless given), audit every teacher, assemble the matrix.
 
     `nasty_teachers` maps omega to an already trained nasty teacher (the science test reuses
     protect's); `save_dir` receives each nasty teacher trained here as safetensors and every audit report.
-    `should_cancel` is asked at every audit epoch (CancelledError), `data_root` is where datasets live.
+    `should_cancel` is asked at every audit and nasty-teacher epoch (CancelledError), `data_root` is
+    where datasets live. Resume (a redelivered job): `done_runs` maps an audit's stage ("owner/0",
+    "nasty@0.04/0": `progress`'s first argument) to its finished runs, which are not trained again;
+    `resume_dir` keeps the nasty teachers trained here and each audit's per-epoch cohort checkpoints.
     """
     started = time.perf_counter()
     defences = config.parsed()
     device = resolve_device(config.device)
     splits = load_splits(config.dataset, data_root=data_root, dataset_path=config.dataset_path,
                          split_seed=config.base_seed).to(device)
-    owner = _as_oracle(teacher.to(device).eval(), splits)
-    models: dict[str, nn.Module] = {"owner": owner}
+    raw = teacher.to(device).eval()
+    owner = _as_oracle(raw, config.teacher_input, splits)
+    models: dict[str, nn.Module] = {"owner": raw}  # its audits apply the contract themselves (and gate it)
     owner_logits = predict(owner, splits.x_test)
     entries = [TeacherEntry(key="owner", sha256=teacher_sha256, accuracy=round(accuracy(owner_logits, splits.y_test), 3))]
     for omega in sorted({d.nasty_omega for d in defences if d.nasty_omega is not None}):
-        nasty = _nasty(config, omega, owner, splits, (nasty_teachers or {}).get(omega), save_dir, progress)
+        nasty = _nasty(config, omega, owner, splits, (nasty_teachers or {}).get(omega), save_dir, progress,
+                       should_cancel, resume_dir)  # fmt: skip
         key = f"nasty@{omega:g}"
         models[key] = nasty.model.to(device).eval()
         entries.append(TeacherEntry(key=key, sha256=nasty.sha256 or weights_sha256(nasty.model), recipe=nasty.recipe,
@@ -68,7 +83,7 @@ def build_matrix(config: DefendConfig, teacher: nn.Module, teacher_sha256: str, 
     for key, audits in config.planned_audits(defences).items():
         sha = next(e.sha256 for e in entries if e.key == key)
         reports[key] = _audit(audits, models[key], sha, key, progress, save_dir,
-                              {"should_cancel": should_cancel, "data_root": data_root})
+                              {"should_cancel": should_cancel, "data_root": data_root}, done_runs or {}, resume_dir)
     undefended_top1 = accuracy(owner_logits, splits.y_test)  # unrounded: the none row's drop is exactly 0
     rows = []
     for d in defences:
@@ -85,32 +100,50 @@ def build_matrix(config: DefendConfig, teacher: nn.Module, teacher_sha256: str, 
     )
 
 
-def _as_oracle(teacher: nn.Module, splits) -> nn.Module:  # noqa: ANN001 - Splits
-    """The owner's teacher fed as the audit feeds it (default input contract: the dataset's statistics)."""
-    return apply_contract(teacher, TeacherInput(), splits.spec.in_channels, splits.mean, splits.std)
+def _as_oracle(teacher: nn.Module, contract: TeacherInput, splits) -> nn.Module:  # noqa: ANN001 - Splits
+    """The owner's teacher fed through its declared input contract, as its audits feed it: what the
+    utility figures and the nasty teachers' training (which distils from it) read."""
+    return apply_contract(teacher, contract, splits.spec.in_channels, splits.mean, splits.std)
 
 
 def _nasty(config: DefendConfig, omega: float, owner: nn.Module, splits, given: nn.Module | None,  # noqa: ANN001
-           save_dir: Path | None, progress: Callable | None) -> NastyTeacher:
+           save_dir: Path | None, progress: Callable | None, should_cancel: ShouldCancel | None,
+           resume_dir: Path | None) -> NastyTeacher:  # fmt: skip
     recipe = nasty_recipe(config.dataset, config.teacher_arch, omega, config.base_seed, config.nasty_epochs, config.device)
     if given is not None:
         return NastyTeacher(omega, given, 0, {"omega": omega, "given": "trained outside `defend` (recipe not recorded)"})
-    hook = (lambda ep: progress(f"nasty teacher omega {omega:g}", ep)) if progress else None
-    nasty = train_nasty(owner, splits, recipe, hook)
-    return save_nasty(nasty, save_dir, config.teacher_arch) if save_dir is not None else nasty
+    arch = config.teacher_arch
+    assert arch is not None  # DefendConfig refuses nasty defences for a black box
+    nasty = resume_nasty(resume_dir, omega, arch, splits) if resume_dir is not None else None
+    if nasty is None:
+        def hook(ep: EpochReport) -> None:
+            if progress is not None:
+                progress(f"nasty teacher omega {omega:g}", ep)
+            if should_cancel is not None and should_cancel():  # a nasty teacher trains for minutes: stop between epochs
+                raise CancelledError("the defence comparison was cancelled")
+
+        nasty = train_nasty(owner, splits, recipe, hook)
+        if resume_dir is not None:
+            nasty = keep_for_resume(nasty, resume_dir, arch)
+    return save_nasty(nasty, save_dir, arch) if save_dir is not None else nasty
 
 
 def _audit(audits: list[AuditConfig], model: nn.Module, sha: str, key: str, progress: Callable | None,
-           save_dir: Path | None, run_kwargs: dict) -> list[Report]:
+           save_dir: Path | None, run_kwargs: dict, done_runs: dict[str, dict[str, RunRecord]],
+           resume_dir: Path | None) -> list[Report]:  # fmt: skip
     """Run one teacher's audits (each sweeps at most MAX_OUTPUTS_PER_AUDIT output policies; base: full logits).
 
+    Each audit's stage is "<teacher key>/<part>": progress reports under it, `done_runs` is keyed by it.
     With `save_dir`, each full report (every run, its curve and manifest) is written there too:
     the matrix keeps summaries, the reports keep the evidence.
     """
-    hook = (lambda e: progress(key, e)) if progress else None
     reports = []
-    for audit in audits:
-        report = run_audit(audit, model, sha, progress=hook, **run_kwargs)
+    for part, audit in enumerate(audits):
+        stage = f"{key}/{part}"
+        hook = (lambda e, stage=stage: progress(stage, e)) if progress else None
+        report = run_audit(audit, model, sha, progress=hook, done_runs=done_runs.get(stage),
+                           checkpoint_dir=resume_dir / stage.replace("/", "-") if resume_dir is not None else None,
+                           **run_kwargs)  # fmt: skip
         assert report is not None  # only_seeds was not given
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)

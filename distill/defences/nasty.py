@@ -12,6 +12,7 @@ what the matrix's normal-KD column and protection verdict then show (trap 2).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from kdaudit.distill.data import Splits
 from kdaudit.distill.protect import ProtectConfig
 from kdaudit.distill.train import Cohort, EpochReport, Member, accuracy, predict, resolve_device
-from kdaudit.models.checkpoints import save_teacher
+from kdaudit.models.checkpoints import load_teacher, save_teacher
 
 
 @dataclass
@@ -78,3 +79,27 @@ def save_nasty(nasty: NastyTeacher, folder: Path, arch: str) -> NastyTeacher:
     nasty.model.to(device)
     nasty.path = path
     return nasty
+
+
+def keep_for_resume(nasty: NastyTeacher, folder: Path, arch: str) -> NastyTeacher:
+    """Save the nasty teacher and its recipe facts where a redelivered comparison finds them
+    (`resume_nasty`): its recorded runs were measured against these weights, and retraining
+    need not give the same bytes (CUDA kernels are not bit-reproducible)."""
+    path = folder / f"nasty@{nasty.omega:g}.safetensors"
+    device = next(nasty.model.parameters()).device
+    folder.mkdir(parents=True, exist_ok=True)
+    save_teacher(nasty.model.cpu(), path, arch=arch)  # its identity stays what it would be unsaved (weights_sha256)
+    nasty.model.to(device)
+    path.with_suffix(".json").write_text(json.dumps({"epoch": nasty.epoch, "recipe": nasty.recipe}))
+    return nasty
+
+
+def resume_nasty(folder: Path, omega: float, arch: str, splits: Splits) -> NastyTeacher | None:
+    """The nasty teacher an earlier attempt of this comparison trained (`keep_for_resume`), or None."""
+    path = folder / f"nasty@{omega:g}.safetensors"
+    facts_path = path.with_suffix(".json")
+    if not (path.exists() and facts_path.exists()):
+        return None
+    facts = json.loads(facts_path.read_text())
+    model = load_teacher(path, arch, splits.spec.num_classes, splits.spec.in_channels).eval()
+    return NastyTeacher(omega, model, int(facts["epoch"]), facts["recipe"])

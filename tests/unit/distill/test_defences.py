@@ -167,6 +167,25 @@ def test_utility_reads_what_the_endpoint_returns():
     assert noisy.argmax_changed > 5 and noisy.top1_drop > 0
 
 
+def test_rounding_costs_calibration_only_where_the_teacher_was_calibrated_between_grid_points():
+    """Which way `round1` moves ECE depends on the teacher (issue 19 expected a cost; on the 99.8 %
+    digits teacher it fell, 0.8 -> 0.4): rounding snaps each confidence to the 0.1 grid. A teacher
+    calibrated at 0.64 (64 % of its 0.64-confident answers right) is told 0.6: ECE 0 -> 4 pts. A teacher
+    right every time at 0.96 (underconfident) is told 1.0: ECE 4 -> 0."""
+    def teacher(top: float, right: float, n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.full((n, 10), (1 - top) / 9)
+        probs[:, 0] = top
+        labels = torch.where(torch.arange(n) < round(right * n), 0, 1)
+        return probs.log(), labels
+
+    for top, right, before, after in ((0.64, 0.64, 0.0, 4.0), (0.96, 1.0, 4.0, 0.0)):
+        logits, labels = teacher(top, right)
+        plain = measure_utility(OutputPolicy.parse("probs"), logits, logits, labels, 100 * right)
+        rounded = measure_utility(OutputPolicy.parse("round1"), logits, logits, labels, 100 * right)
+        assert plain.ece == pytest.approx(before, abs=0.01) and rounded.ece == pytest.approx(after, abs=0.01)
+        assert rounded.top1_drop == 0 and rounded.argmax_changed == 0
+
+
 # --- Pareto front and the recommendation --------------------------------------------------------------------------
 
 def test_pareto_front_and_recommendation():
@@ -249,3 +268,87 @@ def test_the_query_budget_holds_under_every_defence(tiny_teacher, tmp_path):
     assert cells and all(0 < c.teacher_queries <= budget * 2 for _, c in cells)  # 2 seeds, each capped
     assert all(c.teacher_queries < spent[(name, c.attack)] for name, c in cells)  # it binds everywhere
     assert capped.config["query_budget"] == budget and free.config["query_budget"] is None
+
+
+def test_defend_feeds_the_owner_teacher_through_its_declared_contract(pixel_teacher, tmp_path, capsys):
+    """Issue 16's owner (an ONNX model trained on raw [0, 1] pixels): `defend --preprocess none` measures
+    it at its own accuracy, in the matrix and in every utility figure; undeclared, the owner's audit
+    stops at the sanity gate (it would otherwise rank defences of a crippled teacher)."""
+    from kdaudit.cli import main
+    from kdaudit.distill.defences.matrix import DefenceMatrix
+
+    path, _model, own = pixel_teacher
+    common = ["defend", str(path), "--arch", "cnn-8-16-16-32", "--defences", "none,top1", "--seeds", "2", "--epochs", "1",
+              "--fraction", "0.1", "--device", "cpu", "--quiet"]
+    out = tmp_path / "matrix.json"
+    assert main([*common, "--preprocess", "none", "--out", str(out)]) == 0
+    m = DefenceMatrix.model_validate(json.loads(out.read_text()))
+    assert m.teachers[0].accuracy == pytest.approx(own, abs=0.5)
+    assert all(r.utility.top1 == pytest.approx(own, abs=0.5) for r in m.rows)
+    assert m.config["teacher_input"]["preset"] == "none"
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "undeclared.json")]) == 2  # the sanity check's exit code
+    err = capsys.readouterr().err
+    assert "none" in err and "Traceback" not in err and not (tmp_path / "undeclared.json").exists()
+
+
+def test_a_redelivered_comparison_resumes_where_it_stopped(tiny_teacher, tmp_path):
+    """A worker that dies mid-comparison: the next attempt gets the recorded runs (`done_runs`, keyed
+    by stage) and the same `resume_dir`; it reloads the nasty teacher instead of retraining it, trains
+    only the runs not recorded, and its matrix is the uninterrupted one's, number for number."""
+    from kdaudit.distill.defences.engine import DefendConfig, build_matrix
+    from kdaudit.distill.runner import ProgressEvent
+    from kdaudit.models.checkpoints import load_teacher
+
+    config = DefendConfig(teacher_arch="cnn-8-16-16-32", defences=["none", "nasty@0.05"], seeds=1, epochs=1,
+                          fraction=0.1, nasty_epochs=2, device="cpu")  # fmt: skip
+    owner = load_teacher(tiny_teacher, "cnn-8-16-16-32", 10, 1)
+    clean = build_matrix(config, owner, "owner-sha")
+
+    class Crash(Exception):
+        pass
+
+    recorded: dict[str, dict] = {}
+
+    def dies_in_the_nasty_audit(stage, ev) -> None:  # after the owner's audit and two of the nasty teacher's runs
+        if isinstance(ev, ProgressEvent) and ev.kind == "run_finished" and ev.record is not None:
+            if len(recorded.get(stage, {})) == 2 and stage.startswith("nasty"):
+                raise Crash
+            recorded.setdefault(stage, {})[ev.run_key] = ev.record
+
+    resume = tmp_path / "resume"
+    with pytest.raises(Crash):
+        build_matrix(config, owner, "owner-sha", progress=dies_in_the_nasty_audit, resume_dir=resume)
+    assert (resume / "nasty@0.05.safetensors").exists() and len(recorded["nasty@0.05/0"]) == 2 and recorded["owner/0"]
+
+    seen: list[tuple[str, str]] = []
+
+    def watch(stage, ev) -> None:
+        if isinstance(ev, ProgressEvent):
+            if ev.kind == "run_finished":
+                seen.append((stage, ev.run_key))
+        else:
+            seen.append((stage, "nasty epoch"))
+
+    resumed = build_matrix(config, owner, "owner-sha", progress=watch, done_runs=recorded, resume_dir=resume)
+    assert not any(what == "nasty epoch" for _, what in seen)  # reloaded, not retrained
+    assert not set(seen) & {(s, k) for s, runs in recorded.items() for k in runs}  # recorded runs not trained again
+    strip = lambda m: [r.model_dump(exclude={"attacks": {"__all__": {"seconds"}}}) for r in m.rows]  # noqa: E731
+    assert strip(resumed) == strip(clean)
+    assert [t.sha256 for t in resumed.teachers] == [t.sha256 for t in clean.teachers]
+
+
+def test_cancel_stops_a_nasty_teacher_between_epochs(tiny_teacher):
+    """A nasty teacher trains for minutes (150 epochs on digits): cancel is asked after every epoch."""
+    from kdaudit.core.errors import CancelledError
+    from kdaudit.distill.defences.engine import DefendConfig, build_matrix
+    from kdaudit.models.checkpoints import load_teacher
+
+    config = DefendConfig(teacher_arch="cnn-8-16-16-32", defences=["nasty@0.05"], seeds=1, epochs=1, fraction=0.1,
+                          nasty_epochs=50, device="cpu")  # fmt: skip
+    epochs: list[int] = []
+    with pytest.raises(CancelledError):
+        build_matrix(config, load_teacher(tiny_teacher, "cnn-8-16-16-32", 10, 1), "sha",
+                     progress=lambda stage, ev: epochs.append(ev.epoch) if stage.startswith("nasty") else None,
+                     should_cancel=lambda: len(epochs) >= 2)  # fmt: skip
+    assert epochs == [1, 2]

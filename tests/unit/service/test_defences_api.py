@@ -122,3 +122,27 @@ def test_a_remote_teacher_is_refused_with_a_reason():
     with pytest.raises(Problem) as e:
         build_defend_config(DefenceCreate(teacher_id="t1", defences=["top1"]), teacher)
     assert e.value.status == 422 and "remote teacher" in str(e.value.detail)
+
+
+def test_a_redelivered_comparison_keeps_the_runs_its_earlier_attempt_recorded(env):
+    """The worker's side of resume (workers/defend_job.py): runs recorded under `<stage>:<run key>` by an
+    earlier attempt are handed back to the engine by stage and not trained again, so the matrix holds
+    those very records (one of them marked here with an accuracy no training gives)."""
+    from kdaudit.store import repo
+    from kdaudit.store.db import session_factory
+
+    c, auth, settings = env["client"], h.auth(env["key"]), env["settings"]
+    first = c.post("/v1/defences", headers={**auth, "Idempotency-Key": "resume-a"}, json=_body(env, seeds=1)).json()["id"]
+    assert execute_audit(first, settings) == "succeeded"
+    second = c.post("/v1/defences", headers={**auth, "Idempotency-Key": "resume-b"}, json=_body(env, seeds=1)).json()["id"]
+    with session_factory(settings.resolved_database_url)() as s:
+        earlier = repo.done_runs(s, first)
+        assert earlier and all(":" in k and k.split(":")[0].startswith("owner/") for k in earlier)
+        marked = next(k for k, r in earlier.items() if r["kind"] == "normal_kd")
+        for key, record in earlier.items():  # what the second audit's crashed first attempt had recorded
+            repo.record_run(s, second, key, {**record, "test_accuracy": 12.5} if key == marked else record)
+        s.commit()
+    assert execute_audit(second, settings) == "succeeded"
+    rows = c.get(f"/v1/audits/{second}/report", headers=auth).json()["rows"]
+    kd = [cell for r in rows for cell in r["attacks"] if cell["attack"] == "normal_kd" and r["name"] == "none"]
+    assert kd and kd[0]["accuracy"]["runs"] == [12.5], kd  # the recorded run, not a retrained one
