@@ -25,19 +25,20 @@ from datafree_curve import run_spec
 from kdaudit.distill.data import load_splits
 from kdaudit.distill.intervals import mean_interval, t_quantile, welch
 
-STUDENT = "cnn-8-16-16-32"
-#: (label, attack, iterations, batch, teacher gradient): ZSKT at the digits defaults; DFAD and DFME at the
-#: scale where the skeptical gain was measured (README, data-free section)
+#: (label, attack, iterations, batch, teacher gradient, student): ZSKT at the digits defaults; DFAD and DFME
+#: at the scale where the skeptical gain was measured (README, data-free section); grey-box DFAD with two
+#: students, because how much the nasty teacher hurts a normal student depends on the student's size
 GRID = [
-    ("ZSKT (grey-box)", "datafree_zskt", "-", "-", "b"),
-    ("DFAD, teacher gradient (grey-box)", "datafree_dfad", "1000", "256", "g"),
-    ("DFME (black-box)", "datafree_dfme", "1000", "256", "b"),
+    ("ZSKT (grey-box)", "datafree_zskt", "-", "-", "b", "cnn-8-16-16-32"),
+    ("DFAD, teacher gradient (grey-box)", "datafree_dfad", "1000", "256", "g", "cnn-8-16-16-32"),
+    ("DFME (black-box)", "datafree_dfme", "1000", "256", "b", "cnn-8-16-16-32"),
+    ("DFAD, teacher gradient (grey-box)", "datafree_dfad", "1000", "256", "g", "cnn-4-8-8-16"),
 ]
 
 
 def specs(teacher: str, seeds: list[int]) -> list[str]:
-    return [f"{teacher}:{attack}{form}:{STUDENT}:{it}:{bs}:{g}:{seed}"
-            for seed in seeds for _, attack, it, bs, g in GRID for form in ("", "_skeptical")]
+    return [f"{teacher}:{attack}{form}:{student}:{it}:{bs}:{g}:{seed}"
+            for seed in seeds for _, attack, it, bs, g, student in GRID for form in ("", "_skeptical")]
 
 
 def run(args) -> None:
@@ -45,7 +46,7 @@ def run(args) -> None:
     done = {json.loads(line)["spec"] for line in args.out.read_text().splitlines()} if args.out.exists() else set()
     splits = load_splits("digits")
     for spec in specs(args.teacher, [int(s) for s in args.seeds.split(",")]):
-        if spec in done:
+        if spec in done or (args.student and spec.split(":")[2] != args.student):
             continue
         row = run_spec(spec, args.teachers, args.arch, splits)
         with args.out.open("a") as f:
@@ -73,24 +74,25 @@ def _delta(a: list[float], b: list[float]) -> str:
 
 def render(args) -> None:
     rows = [json.loads(line) for line in args.results.read_text().splitlines()]
-    by: dict[tuple[str, str], list[dict]] = {}
+    by: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
-        teacher, attack, *_ = r["spec"].split(":")
-        by.setdefault((teacher, attack), []).append(r)
-    print("| attack (access) | teacher | iterations × batch | queries/run | seeds | normal | skeptical | Δ skeptical − normal | min/run (normal / skeptical) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+        teacher, attack, student, *_ = r["spec"].split(":")
+        by.setdefault((teacher, attack, student), []).append(r)
+    print("| attack (access) | student | teacher | iterations × batch | queries/run | seeds | normal | skeptical | Δ skeptical − normal | min/run (normal / skeptical) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     curves = {}
     for teacher in ("nasty", "normal"):
-        for label, attack, *_ in GRID:
-            n, s = by.get((teacher, attack), []), by.get((teacher, attack + "_skeptical"), [])
+        for label, attack, _it, _bs, _g, student in GRID:
+            n, s = by.get((teacher, attack, student), []), by.get((teacher, attack + "_skeptical", student), [])
             if not n or not s:
                 continue
             na, sa = [r["acc"] for r in n], [_score(r) for r in s]
             mins = f"{statistics.fmean(r['seconds'] for r in n) / 60:.1f} / {statistics.fmean(r['seconds'] for r in s) / 60:.1f}"
-            print(f"| {label} | {teacher} | {n[0]['iterations']:,} × {n[0]['batch_size']} | {n[0]['queries']:,} | {len(n)} / {len(s)} "
+            print(f"| {label} | {student} | {teacher} | {n[0]['iterations']:,} × {n[0]['batch_size']} | {n[0]['queries']:,} | {len(n)} / {len(s)} "
                   f"| {_cell(na)} | {_cell(sa)} | {_delta(sa, na)} | {mins} |")
-            curves[(teacher, attack)] = n
-            curves[(teacher, attack + "_skeptical")] = s
+            if student == GRID[0][5]:  # the plot: one student, every attack
+                curves[(teacher, attack)] = n
+                curves[(teacher, attack + "_skeptical")] = s
     if args.svg:
         _plot(curves, args.svg)
 
@@ -138,6 +140,7 @@ def main() -> None:
     r.add_argument("--teachers", type=Path, required=True, help="folder with nasty.safetensors / normal.safetensors")
     r.add_argument("--teacher", choices=["nasty", "normal"], required=True)
     r.add_argument("--seeds", default="0,1")
+    r.add_argument("--student", help="only the grid's rows with this student")
     r.add_argument("--arch", default="cnn-16-32-32-64")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--out", type=Path, required=True)

@@ -78,8 +78,10 @@ def read_engine(url: str) -> Engine:
     with _lock:
         engine = _read_engines.get(url)
         if engine is None:
+            # small: a read holds its connection ~1 ms, and the two engines' pools together stay within
+            # PostgreSQL's default 100 connections for a few API processes plus workers
             engine = create_engine(url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
-                                   pool_size=10, max_overflow=20, pool_timeout=10)  # fmt: skip
+                                   pool_size=5, max_overflow=10, pool_timeout=10)  # fmt: skip
             _read_engines[url] = engine
         return engine
 
