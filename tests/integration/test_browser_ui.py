@@ -198,7 +198,9 @@ def test_sign_in_upload_audit_and_read_the_report(server, page, browser):
     from kdaudit.reporting.verdict_html import verdict_sentence
 
     assert verdict_sentence(Report.model_validate(doc)) in text
-    assert frame.locator("svg.plot").count() == 2
+    # accuracy, learning curves, and leakage vs queries (the label-only KD runs' budget curves)
+    assert frame.locator("svg.plot").count() == 3
+    assert frame.get_by_role("heading", name="Leakage vs query budget").count() == 1
     assert frame.locator("svg.plot").first.bounding_box()["width"] > 300  # drawn, not collapsed
     assert frame.get_by_role("heading", name=re.compile("Student")).count() == 1
     assert frame.locator('tr[data-kind="skeptical"] td').count() >= 4
@@ -211,7 +213,7 @@ def test_sign_in_upload_audit_and_read_the_report(server, page, browser):
         standalone = ctx.new_page()
         resp = standalone.goto(f"{server['url']}/v1/audits/{audit_id}/report.html")
         assert resp.status == 200 and resp.headers["content-type"].startswith("text/html")
-        assert standalone.locator("svg.plot").count() == 2
+        assert standalone.locator("svg.plot").count() == 3
         shot = _artifact("report.png")
         standalone.screenshot(path=shot, full_page=True)
         if os.environ.get("KDAUDIT_UPDATE_SCREENSHOTS") == "1":  # the list page only: this audit's teacher is random,

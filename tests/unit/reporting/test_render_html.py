@@ -127,9 +127,10 @@ def test_table_per_student_with_mean_std_per_seed_and_deltas(report, page):
 
 def test_plots_are_inline_svg_with_labelled_axes_and_consistent_colours(report, page):
     svgs = re.findall(r"<svg\b.*?</svg>", page, re.S)
-    assert len(svgs) == 2 and page.count("<svg") == 2
-    acc, curves = svgs
+    assert len(svgs) == 3 and page.count("<svg") == 3
+    acc, curves, budget = svgs  # the KD runs' leakage-vs-queries curves are the third
     assert "Test accuracy (%)" in acc and "Validation accuracy (%)" in curves and "Epoch" in curves
+    assert "Teacher queries" in budget and 'id="h-budget"' in page
     for kind in ("scratch", "normal_kd", "skeptical", "skeptical_e"):
         colour = KIND_COLOURS[kind]
         assert colour in acc, kind  # bar
@@ -182,7 +183,7 @@ def test_more_students_and_a_data_free_attack(report):
     assert html.count('<section class="student"') == 2 and f'id="t-{other}"' in html
     assert "data-free KD" in html and KIND_COLOURS["data_free"] in html and 'data-kind="zeroth_order"' in html
     assert "n/a" in html  # Δacc of the student without a skeptical run
-    assert html.count("<svg") == 2 and not re.search(r"https?://", html)
+    assert html.count("<svg") == 3 and not re.search(r"https?://", html)
 
 
 def test_report_without_curves_still_renders(report):
@@ -200,7 +201,7 @@ def test_render_command(report, tmp_path, capsys):
     src.write_text(report.to_json())
     assert main(["render", str(src), "-o", str(tmp_path / "out.html")]) == 0
     html = (tmp_path / "out.html").read_text()
-    assert html.count("<svg") == 2 and report.summary.verdict.upper() in html
+    assert html.count("<svg") == 3 and report.summary.verdict.upper() in html
     assert "report page written to" in capsys.readouterr().err
     assert main(["render", str(src)]) == 0 and (tmp_path / "report.html").is_file()  # default name
     capsys.readouterr()
@@ -235,7 +236,7 @@ def test_report_command_html_option(report, tmp_path, monkeypatch, capsys):
     out = tmp_path / "r.html"
     args = parser.parse_args(["report", "abc", "--api-key", "k", "--html", str(out)])
     assert args.func(args) == 0
-    assert out.read_text().count("<svg") == 2 and "audit <code>abc</code>" in out.read_text()
+    assert out.read_text().count("<svg") == 3 and "audit <code>abc</code>" in out.read_text()
     captured = capsys.readouterr()
     assert captured.out == "" and "report page written to" in captured.err
     args = parser.parse_args(["report", "abc", "--api-key", "k", "--html", str(out), "-o", str(tmp_path / "r.json")])
@@ -301,7 +302,7 @@ def test_report_html_route(web, report):
     r = c.get(url, headers=h.auth(key))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in r.headers["content-security-policy"]
-    assert r.text.count("<svg") == 2 and f'data-verdict="{report.summary.verdict}"' in r.text
+    assert r.text.count("<svg") == 3 and f'data-verdict="{report.summary.verdict}"' in r.text
     assert web["done"] in r.text
     assert c.get(url, headers=h.auth(key)).text == r.text  # cached render, same bytes
     assert c.get(url, headers=h.auth(web["other"])).status_code == 404  # another tenant's audit
