@@ -43,3 +43,17 @@ def test_load_status_smoke(tmp_path):
     res = json.loads(out.read_text())
     assert res["errors"] == 0 and res["requests_ok"] > 0 and res["audits_polled"] == 2, res
     assert res["server"].startswith("uvicorn, 2 processes") and res["latency_ms"]["p99"] > 0
+
+
+def test_the_readme_data_free_table_is_rendered_from_the_recorded_runs(tmp_path):
+    """benchmarks/datafree_table.py render over benchmarks/data/datafree_digits.jsonl (the 32 recorded runs)
+    prints exactly the README's data-free tables and draws the budget-curve image."""
+    svg = tmp_path / "curve.svg"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "datafree_table.py"), "render",
+                        str(ROOT / "benchmarks" / "data" / "datafree_digits.jsonl"), "--svg", str(svg)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| ")]
+    readme = (ROOT / "README.md").read_text()
+    assert len(rows) >= 20 and all(row in readme for row in rows), [r for r in rows if r not in readme][:3]
+    assert svg.read_text().count("<svg") == 1 and "nasty teacher" in svg.read_text()
