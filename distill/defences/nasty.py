@@ -70,33 +70,39 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _nasty_path(folder: Path, omega: float) -> Path:
+    return folder / f"nasty@{omega:g}.safetensors"
+
+
+def _write(nasty: NastyTeacher, folder: Path, arch: str) -> tuple[Path, str]:
+    """The nasty teacher as safetensors in `folder` (its model back on its device); (path, file sha256)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = _nasty_path(folder, nasty.omega)
+    device = next(nasty.model.parameters()).device
+    sha = save_teacher(nasty.model.cpu(), path, arch=arch)
+    nasty.model.to(device)
+    return path, sha
+
+
 def save_nasty(nasty: NastyTeacher, folder: Path, arch: str) -> NastyTeacher:
     """Write the nasty teacher next to the matrix, so the recommended defence can be deployed as measured."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"nasty@{nasty.omega:g}.safetensors"
-    device = next(nasty.model.parameters()).device
-    nasty.sha256 = save_teacher(nasty.model.cpu(), path, arch=arch)
-    nasty.model.to(device)
-    nasty.path = path
+    nasty.path, nasty.sha256 = _write(nasty, folder, arch)
     return nasty
 
 
 def keep_for_resume(nasty: NastyTeacher, folder: Path, arch: str) -> NastyTeacher:
     """Save the nasty teacher and its recipe facts where a redelivered comparison finds them
     (`resume_nasty`): its recorded runs were measured against these weights, and retraining
-    need not give the same bytes (CUDA kernels are not bit-reproducible)."""
-    path = folder / f"nasty@{nasty.omega:g}.safetensors"
-    device = next(nasty.model.parameters()).device
-    folder.mkdir(parents=True, exist_ok=True)
-    save_teacher(nasty.model.cpu(), path, arch=arch)  # its identity stays what it would be unsaved (weights_sha256)
-    nasty.model.to(device)
+    need not give the same bytes (CUDA kernels are not bit-reproducible). Its identity stays what
+    it is unsaved (weights_sha256), so a resumed matrix names it as an uninterrupted one does."""
+    path, _sha = _write(nasty, folder, arch)
     path.with_suffix(".json").write_text(json.dumps({"epoch": nasty.epoch, "recipe": nasty.recipe}))
     return nasty
 
 
 def resume_nasty(folder: Path, omega: float, arch: str, splits: Splits) -> NastyTeacher | None:
     """The nasty teacher an earlier attempt of this comparison trained (`keep_for_resume`), or None."""
-    path = folder / f"nasty@{omega:g}.safetensors"
+    path = _nasty_path(folder, omega)
     facts_path = path.with_suffix(".json")
     if not (path.exists() and facts_path.exists()):
         return None
