@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kdaudit.core.errors import InputError
 from kdaudit.distill.attacks import attack_names
-from kdaudit.distill.preprocess import TeacherInput
+from kdaudit.distill.preprocess import TeacherInput, TeacherInputField
 
 #: every attack, in the registry's order (distill/attacks/): the config, the CLI and the API schema accept these
 AttackName = Literal[attack_names()]  # type: ignore[valid-type]
@@ -197,7 +197,7 @@ class AuditConfig(BaseModel):
     teacher_arch: str | None = Field(
         default=None, description="The teacher's architecture (a state_dict needs it); None for an ONNX or remote black box.",
     )
-    teacher_input: TeacherInput = Field(
+    teacher_input: TeacherInputField = Field(
         default_factory=TeacherInput,
         description="What the teacher expects to be fed (distill/preprocess.py); default: the dataset's own statistics.",
     )
@@ -293,11 +293,6 @@ class AuditConfig(BaseModel):
             return list(dict.fromkeys(parse_arch(s) for s in v))
         except InputError as e:
             raise ValueError(str(e)) from None
-
-    @field_validator("teacher_input", mode="before")
-    @classmethod
-    def _contract(cls, v: object) -> object:
-        return TeacherInput.of(v) if v is None or isinstance(v, str) else v
 
     @field_validator("teacher_arch")
     @classmethod

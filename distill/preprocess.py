@@ -33,9 +33,9 @@ An explicit contract (`--pixel-scale`, `--mean`, `--std`) is the preset `custom`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from kdaudit.core.errors import InputError
 
@@ -171,3 +171,12 @@ def parse_cli(preset: str | None, mean: str | None, std: str | None, pixel_scale
         where = ".".join(str(p) for p in err.get("loc", ()))
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
         raise InputError(f"{where}: {msg}" if where else msg) from None
+
+
+def _coerce_contract(value: object) -> object:
+    return TeacherInput.of(value) if value is None or isinstance(value, str) else value  # type: ignore[arg-type]
+
+
+#: a config field holding a teacher's input contract that also takes the short forms, a preset name or
+#: null (= the dataset's statistics): AuditConfig and DefendConfig both declare theirs with it
+TeacherInputField = Annotated[TeacherInput, BeforeValidator(_coerce_contract)]

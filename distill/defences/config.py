@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from kdaudit.distill.config import AuditConfig, DatasetName, DeviceName
 from kdaudit.distill.defences.pareto import DEFAULT_MAX_LOSS_PTS
 from kdaudit.distill.defences.registry import DEFAULT_DEFENCES, Defence, parse_defences
-from kdaudit.distill.preprocess import TeacherInput
+from kdaudit.distill.preprocess import TeacherInput, TeacherInputField
 
 if TYPE_CHECKING:
     from kdaudit.distill.protect import ProtectConfig
@@ -50,16 +50,11 @@ class DefendConfig(BaseModel):
     max_utility_loss: float = Field(default=DEFAULT_MAX_LOSS_PTS, ge=0, le=100, description="Recommendation rule: "
                                     "the most top-1 points an owner gives up.")
     device: DeviceName = "auto"
-    teacher_input: TeacherInput = Field(default_factory=TeacherInput, description="What the owner's teacher expects to "
+    teacher_input: TeacherInputField = Field(default_factory=TeacherInput, description="What the owner's teacher expects to "
                                         "be fed (as an audit's); nasty teachers trained here take the dataset's own statistics.")
     expected_accuracy: float | None = Field(default=None, gt=0, le=100, description="The owner's test accuracy for their "
                                             "teacher, percent: the owner's audits stop if they measure > 2 pts less.")
     force: bool = Field(default=False, description="Audit the owner's teacher even when its sanity check fails.")
-
-    @field_validator("teacher_input", mode="before")
-    @classmethod
-    def _contract(cls, v: object) -> object:
-        return TeacherInput.of(v) if v is None or isinstance(v, str) else v
 
     @field_validator("defences")
     @classmethod
