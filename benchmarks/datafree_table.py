@@ -23,7 +23,7 @@ import torch
 from datafree_curve import run_spec
 
 from kdaudit.distill.data import load_splits
-from kdaudit.distill.intervals import mean_interval, t_quantile, welch
+from kdaudit.distill.intervals import compare, mean_interval
 
 #: (label, attack, iterations, batch, teacher gradient, student): ZSKT at the digits defaults; DFAD and DFME
 #: at the scale where the skeptical gain was measured (README, data-free section); grey-box DFAD with two
@@ -65,17 +65,17 @@ def _cell(xs: list[float]) -> str:
             + f" ({' / '.join(f'{x:.1f}' for x in xs)})")
 
 
-def _delta(a: list[float], b: list[float]) -> str:
-    d = statistics.fmean(a) - statistics.fmean(b)
-    if min(len(a), len(b)) < 2:
-        return f"{d:+.1f}"
-    se, df = welch(max(statistics.stdev(a), 0.06), len(a), max(statistics.stdev(b), 0.06), len(b))
-    h = t_quantile(df) * se
-    return f"{d:+.1f} [{d - h:+.1f}, {d + h:+.1f}]"
+def _delta(a: list[float], b: list[float], floor: float) -> str:
+    """Skeptical minus normal with the reports' Welch interval (distill/intervals.py `compare`)."""
+    c = compare("skeptical", a, "normal", b, "", floor)
+    if c.interval is None:
+        return f"{c.diff:+.1f}"
+    return f"{c.diff:+.1f} [{c.interval.low:+.1f}, {c.interval.high:+.1f}]"
 
 
 def render(args) -> None:
     rows = [json.loads(line) for line in args.results.read_text().splitlines()]
+    floor = 100.0 / len(load_splits("digits").y_test)  # the reports' rule: one test image's worth of accuracy
     by: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
         teacher, attack, student, *_ = r["spec"].split(":")
@@ -91,7 +91,7 @@ def render(args) -> None:
             na, sa = [r["acc"] for r in n], [_score(r) for r in s]
             mins = f"{statistics.fmean(r['seconds'] for r in n) / 60:.1f} / {statistics.fmean(r['seconds'] for r in s) / 60:.1f}"
             print(f"| {label} | {student} | {teacher} | {n[0]['iterations']:,} × {n[0]['batch_size']} | {n[0]['queries']:,} | {len(n)} / {len(s)} "
-                  f"| {_cell(na)} | {_cell(sa)} | {_delta(sa, na)} | {mins} |")
+                  f"| {_cell(na)} | {_cell(sa)} | {_delta(sa, na, floor)} | {mins} |")
             if student == GRID[0][5]:  # the plot: one student, every attack
                 curves[(teacher, attack)] = n
                 curves[(teacher, attack + "_skeptical")] = s
