@@ -27,11 +27,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from kdaudit.service.app import create_app
 
-    settings = settings_migrated(args)
     workers = args.workers if args.workers is not None else os.environ.get("KDAUDIT_API_WORKERS", "1")
-    if not str(workers).isdigit() or int(workers) < 1:
+    if not str(workers).isdigit() or int(workers) < 1:  # before the database is touched
         raise InputError(f"API workers must be a whole number >= 1 (--workers / KDAUDIT_API_WORKERS), got {workers!r}")
     workers = int(workers)
+    settings = settings_migrated(args)
     if workers > 1 and settings.embedded:
         raise InputError(
             "--workers > 1 needs the production stack (KDAUDIT_DATABASE_URL and KDAUDIT_BROKER_URL): the embedded "

@@ -3,7 +3,7 @@
 Status polls are most of an API's traffic (every client, every few seconds). Routing, the
 dependency solver and the response machinery cost a poll about 1 ms of CPU before it reads its
 one row. This ASGI middleware answers the common case itself, with the same pieces the route
-uses (service/fast_auth.py's key cache and token buckets, the audit's row, `AuditOut`); the row is
+uses (service/fast_auth.py's key cache and token buckets, the audit's row, `schemas.status_answer`); the row is
 one autocommit SELECT on a reset-free engine (`repo.poll_audit`, `store.db.read_engine`):
 
 - only `GET /v1/audits/<id>` with no query string, a well-formed id and a Bearer key that is in
@@ -31,7 +31,7 @@ import re
 from starlette.concurrency import run_in_threadpool
 
 from kdaudit.service.fast_auth import KeyCache
-from kdaudit.service.schemas import AuditOut
+from kdaudit.service.schemas import status_answer
 from kdaudit.store import repo
 
 _PATH = re.compile(r"^/v1/audits/([A-Za-z0-9_-]{1,64})$")
@@ -115,8 +115,8 @@ class StatusPollFastPath:
             return None, None  # the normal path answers (and logs) whatever this was
         if audit is None:
             return None, None
-        body = AuditOut.of(audit).model_dump_json().encode()
+        body, retry = status_answer(audit, state.settings.retry_after_seconds)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if not repo.is_finished(audit.status):
-            headers.append((b"retry-after", str(state.settings.retry_after_seconds).encode()))
+        if retry is not None:
+            headers.append((b"retry-after", retry.encode()))
         return body, headers

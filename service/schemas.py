@@ -20,7 +20,7 @@ from kdaudit.distill.config import (
 )
 from kdaudit.distill.planning.runs import cohort_size, kind_of_key, trains_in_cohort
 from kdaudit.distill.preprocess import TeacherInput
-from kdaudit.store.models import Audit, Teacher
+from kdaudit.store.models import FINISHED, Audit, Teacher
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 #: ids are uuid4 hex strings; anything outside this alphabet is refused (422) before a lookup
@@ -274,3 +274,11 @@ class AuditList(BaseModel):
     limit: int
     offset: int
     next: str | None
+
+
+def status_answer(audit: Audit, retry_after_seconds: int) -> tuple[bytes, str | None]:
+    """The status poll's answer, one rule for the route and its fast path (service/poll_fast.py): the
+    JSON body, and the Retry-After value while the audit is queued or running (None once finished).
+    `audit` may be a Core row of the audits table (repo.poll_audit)."""
+    body = AuditOut.of(audit).model_dump_json().encode()
+    return body, None if audit.status in FINISHED else str(retry_after_seconds)

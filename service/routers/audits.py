@@ -28,7 +28,7 @@ from kdaudit.service.routers.audit_request import build_config
 from kdaudit.service.routers.base import AuditId, errors, release_db, v1_router
 from kdaudit.service.routers.ownership import Cancel, delete_owned, found_or_404, owned_audit, owned_teacher
 from kdaudit.service.routers.pagination import MAX_OFFSET, MAX_PAGE, page_fields
-from kdaudit.service.schemas import AuditCreate, AuditList, AuditOut
+from kdaudit.service.schemas import AuditCreate, AuditList, AuditOut, status_answer
 from kdaudit.service.strict_body import strict_audit_body
 from kdaudit.store import lifecycle, repo
 from kdaudit.store.files import FileStore
@@ -158,10 +158,8 @@ async def get_audit(audit_id: AuditId, request: Request, tenant: Tenant = Depend
     # (one autocommit SELECT: repo.poll_audit), and the body serialised once here -- returning the
     # model would make FastAPI validate it against response_model again in another thread.
     read = await run_in_threadpool(repo.poll_audit, request.app.state.read_engine, tenant.id, audit_id)
-    audit = found_or_404(read, "audit", audit_id)
-    retry = request.app.state.settings.retry_after_seconds
-    headers = {} if repo.is_finished(audit.status) else {"Retry-After": str(retry)}
-    return Response(AuditOut.of(audit).model_dump_json(), media_type="application/json", headers=headers)
+    body, retry = status_answer(found_or_404(read, "audit", audit_id), request.app.state.settings.retry_after_seconds)
+    return Response(body, media_type="application/json", headers={} if retry is None else {"Retry-After": retry})
 
 
 @router.post(
